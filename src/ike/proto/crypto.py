@@ -1,0 +1,250 @@
+"""Crypto primitives both engines use, all through the `cryptography` package.
+
+- `prf`, `prf_plus`: HMAC-based PRFs and RFC 7296 §2.13 prf+.
+- `DhPrivate`: a Diffie-Hellman / ECDH key pair for one exchange, with peer-value validation.
+- `IkeCipher`: the SK payload / IKEv1 phase 1 encryption (CBC with explicit IV, or AEAD).
+"""
+
+from __future__ import annotations
+
+import functools
+import hmac as _hmac
+import os
+from collections.abc import Callable
+
+from cryptography.exceptions import InvalidSignature, InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hmac as c_hmac
+from cryptography.hazmat.primitives.asymmetric import dh, ec, x448, x25519
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
+
+from ike.proto.transforms import DH, ENCR, INTEG, PRF
+
+__all__ = [
+    "CryptoError",
+    "DhPrivate",
+    "IkeCipher",
+    "InvalidSignature",
+    "InvalidTag",
+    "hash_bytes",
+    "hmac_digest",
+    "integ_icv",
+    "modp_prime",
+    "prf",
+    "prf_plus",
+    "random_bytes",
+    "verify_icv",
+]
+
+
+class CryptoError(ValueError):
+    """A value from the peer failed a cryptographic check (bad DH value, bad ICV, bad padding)."""
+
+
+_HASHES: dict[str, Callable[[], hashes.HashAlgorithm]] = {
+    "md5": hashes.MD5,
+    "sha1": hashes.SHA1,
+    "sha256": hashes.SHA256,
+    "sha384": hashes.SHA384,
+    "sha512": hashes.SHA512,
+}
+
+
+def random_bytes(n: int) -> bytes:
+    return os.urandom(n)
+
+
+def hash_algorithm(name: str) -> hashes.HashAlgorithm:
+    return _HASHES[name]()
+
+
+def hash_bytes(name: str, data: bytes) -> bytes:
+    h = hashes.Hash(_HASHES[name]())
+    h.update(data)
+    return h.finalize()
+
+
+def hmac_digest(hash_name: str, key: bytes, data: bytes) -> bytes:
+    h = c_hmac.HMAC(key, _HASHES[hash_name]())
+    h.update(data)
+    return h.finalize()
+
+
+def prf(name: str, key: bytes, data: bytes) -> bytes:
+    """The negotiated PRF (`name` is a key of transforms.PRF)."""
+    return hmac_digest(PRF[name].hash, key, data)
+
+
+def prf_plus(name: str, key: bytes, seed: bytes, length: int) -> bytes:
+    """RFC 7296 §2.13: T1 = prf(K, S | 0x01), Tn = prf(K, Tn-1 | S | n)."""
+    h = PRF[name].hash
+    out = bytearray()
+    t = b""
+    i = 1
+    while len(out) < length:
+        if i > 255:
+            raise ValueError("prf+ cannot produce that much keying material")
+        t = hmac_digest(h, key, t + seed + bytes([i]))
+        out += t
+        i += 1
+    return bytes(out[:length])
+
+
+def integ_icv(name: str, key: bytes, data: bytes) -> bytes:
+    i = INTEG[name]
+    return hmac_digest(i.hash, key, data)[: i.icv_len]
+
+
+def verify_icv(name: str, key: bytes, data: bytes, icv: bytes) -> bool:
+    return _hmac.compare_digest(integ_icv(name, key, data), icv)
+
+
+# --- Diffie-Hellman -------------------------------------------------------------------------------
+
+# RFC 2409 §6 / RFC 3526: p = 2^n - 2^(n-64) - 1 + 2^64 * (floor(2^(n-130) * pi) + k), generator 2.
+_MODP_K = {2: (1024, 129093), 5: (1536, 741804), 14: (2048, 124476), 15: (3072, 1690314), 16: (4096, 240904)}
+
+
+def _pi_fixed(bits: int) -> int:
+    """floor(pi * 2^bits) by Machin's formula in integer arithmetic (64 guard bits)."""
+    one = 1 << (bits + 64)
+
+    def atan_inv(x: int) -> int:
+        total = term = one // x
+        x2, n, sign = x * x, 1, -1
+        while term:
+            term //= x2
+            n += 2
+            total += sign * (term // n)
+            sign = -sign
+        return total
+
+    return (16 * atan_inv(5) - 4 * atan_inv(239)) >> 64
+
+
+@functools.cache
+def modp_prime(group: int) -> int:
+    n, k = _MODP_K[group]
+    p: int = 2**n - 2 ** (n - 64) - 1 + 2**64 * (_pi_fixed(n - 130) + k)
+    return p
+
+
+@functools.cache
+def _modp_parameters(group: int) -> dh.DHParameters:
+    return dh.DHParameterNumbers(modp_prime(group), 2).parameters()
+
+
+_CURVES: dict[int, Callable[[], ec.EllipticCurve]] = {
+    19: ec.SECP256R1,
+    20: ec.SECP384R1,
+    21: ec.SECP521R1,
+}
+
+
+class DhPrivate:
+    """Our half of one key exchange. `public` is the KE payload data; `shared(peer)` validates the
+    peer's value and returns g^xy (RFC 5903 §7: for ECP only the x coordinate)."""
+
+    def __init__(self, group: int) -> None:
+        if group not in DH:
+            raise ValueError(f"unsupported DH group {group}")
+        self.group = group
+        kind = DH[group].kind
+        self._key: object
+        if kind == "modp":
+            k = _modp_parameters(group).generate_private_key()
+            self._key = k
+            self.public = k.public_key().public_numbers().y.to_bytes(DH[group].public_len, "big")
+        elif kind == "ecp":
+            ek = ec.generate_private_key(_CURVES[group]())
+            self._key = ek
+            nums = ek.public_key().public_numbers()
+            half = DH[group].public_len // 2
+            self.public = nums.x.to_bytes(half, "big") + nums.y.to_bytes(half, "big")
+        elif kind == "x25519":
+            xk = x25519.X25519PrivateKey.generate()
+            self._key = xk
+            self.public = xk.public_key().public_bytes_raw()
+        else:
+            xk4 = x448.X448PrivateKey.generate()
+            self._key = xk4
+            self.public = xk4.public_key().public_bytes_raw()
+
+    def shared(self, peer: bytes) -> bytes:
+        g = DH[self.group]
+        if len(peer) != g.public_len:
+            raise CryptoError(f"DH group {g.number} public value is {len(peer)} bytes, expected {g.public_len}")
+        try:
+            if g.kind == "modp":
+                assert isinstance(self._key, dh.DHPrivateKey)
+                p = modp_prime(self.group)
+                y = int.from_bytes(peer, "big")
+                if not 1 < y < p - 1:
+                    raise CryptoError(f"DH group {g.number} public value is out of range (RFC 6989 check)")
+                pub = dh.DHPublicNumbers(y, _modp_parameters(self.group).parameter_numbers()).public_key()
+                return self._key.exchange(pub).rjust(g.public_len, b"\0")
+            if g.kind == "ecp":
+                assert isinstance(self._key, ec.EllipticCurvePrivateKey)
+                # from_encoded_point checks that the point is on the curve.
+                point = ec.EllipticCurvePublicKey.from_encoded_point(_CURVES[self.group](), b"\x04" + peer)
+                return self._key.exchange(ec.ECDH(), point)
+            if g.kind == "x25519":
+                assert isinstance(self._key, x25519.X25519PrivateKey)
+                return self._key.exchange(x25519.X25519PublicKey.from_public_bytes(peer))
+            assert isinstance(self._key, x448.X448PrivateKey)
+            return self._key.exchange(x448.X448PublicKey.from_public_bytes(peer))
+        except CryptoError:
+            raise
+        except ValueError as e:  # invalid point, all-zero X25519 result, ...
+            raise CryptoError(f"DH group {g.number} public value rejected: {e}") from None
+
+
+# --- IKE message encryption -----------------------------------------------------------------------
+
+
+class IkeCipher:
+    """Encrypts IKE payloads for one direction of one SA.
+
+    CBC (RFC 7296 §3.14, RFC 2409 appendix B) takes a separate integrity check; AEAD (RFC 5282 for
+    AES-GCM, RFC 7634 for ChaCha20-Poly1305) uses `key` = cipher key + 4-byte salt and the IKE header
+    through the end of the SK payload header as associated data. Objects are built once per SA.
+    """
+
+    def __init__(self, encr: str, key: bytes) -> None:
+        self.t = ENCR[encr]
+        self.aead = self.t.aead
+        self.iv_size = self.t.iv_size
+        self.block_size = 16 if encr == "aes-cbc" else (8 if encr == "3des-cbc" else 1)
+        self.icv_size = self.t.icv_size
+        if self.aead:
+            self._salt = key[-self.t.salt_size :]
+            ck = key[: -self.t.salt_size]
+            self._aead: AESGCM | ChaCha20Poly1305 = (
+                AESGCM(ck) if encr == "aes-gcm-16" else ChaCha20Poly1305(ck)
+            )
+        else:
+            self._key = key
+            self._algo: type[algorithms.AES] | type[algorithms.TripleDES] = (
+                algorithms.AES if encr == "aes-cbc" else algorithms.TripleDES  # type: ignore[attr-defined]
+            )
+
+    def cbc_encrypt(self, iv: bytes, plaintext: bytes) -> bytes:
+        enc = Cipher(self._algo(self._key), modes.CBC(iv)).encryptor()
+        return enc.update(plaintext) + enc.finalize()
+
+    def cbc_decrypt(self, iv: bytes, ciphertext: bytes) -> bytes:
+        if not ciphertext or len(ciphertext) % self.block_size:
+            raise CryptoError(f"ciphertext length {len(ciphertext)} is not a multiple of the block size")
+        dec = Cipher(self._algo(self._key), modes.CBC(iv)).decryptor()
+        return dec.update(ciphertext) + dec.finalize()
+
+    def aead_encrypt(self, iv: bytes, plaintext: bytes, aad: bytes) -> bytes:
+        """Returns ciphertext || ICV."""
+        return self._aead.encrypt(self._salt + iv, plaintext, aad)
+
+    def aead_decrypt(self, iv: bytes, data: bytes, aad: bytes) -> bytes:
+        try:
+            return self._aead.decrypt(self._salt + iv, data, aad)
+        except InvalidTag:
+            raise CryptoError("AEAD integrity check failed") from None
