@@ -176,8 +176,7 @@ class PolicySource(Protocol):
         IKEv1 main mode with a PSK must choose by address before it sees an identity."""
         ...
 
-    def phase1_by_identity(self, local_ip: str, remote_ip: str, remote_id: Identity) -> Phase1Tunnel | None:
-        ...
+    def phase1_by_identity(self, local_ip: str, remote_ip: str, remote_id: Identity) -> Phase1Tunnel | None: ...
 
     def phase2_for(
         self, phase1: Phase1Tunnel, local_ts: Sequence[TrafficSelector], remote_ts: Sequence[TrafficSelector]

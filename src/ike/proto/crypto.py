@@ -220,9 +220,7 @@ class IkeCipher:
         if self.aead:
             self._salt = key[-self.t.salt_size :]
             ck = key[: -self.t.salt_size]
-            self._aead: AESGCM | ChaCha20Poly1305 = (
-                AESGCM(ck) if encr == "aes-gcm-16" else ChaCha20Poly1305(ck)
-            )
+            self._aead: AESGCM | ChaCha20Poly1305 = AESGCM(ck) if encr == "aes-gcm-16" else ChaCha20Poly1305(ck)
         else:
             self._key = key
             self._algo: type[algorithms.AES] | type[algorithms.TripleDES] = (
