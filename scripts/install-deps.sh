@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Installs what the tests and the demo need: Debian packages (strongSwan as the interop peer, ping,
+# tcpdump, iperf3, iproute2) and the project itself with its test extras. Safe to run again: apt is only
+# touched when a package is missing, and no strongSwan service is left running in the root namespace.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(strongswan-charon strongswan-swanctl libcharon-extra-plugins libstrongswan-extra-plugins
+              libstrongswan-standard-plugins iperf3 iputils-ping tcpdump iproute2 procps)
+PYTHON="${PYTHON:-python3}"
+
+log() { printf '== %s\n' "$*"; }
+
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}\n' "$p" 2>/dev/null | grep -q '^install ok installed$' || missing+=("$p")
+done
+
+if ((${#missing[@]})); then
+    if [[ $(id -u) -ne 0 ]]; then
+        echo "missing Debian packages: ${missing[*]}; run 'make install' as root" >&2
+        exit 1
+    fi
+    log "apt: installing ${missing[*]}"
+    # Installing strongSwan must not start a charon in the root namespace (tests run their own per
+    # namespace); policy-rc.d is Debian's switch for that, removed again if we added it.
+    added_policy=
+    if [[ ! -e /usr/sbin/policy-rc.d ]]; then
+        printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+        chmod 755 /usr/sbin/policy-rc.d
+        added_policy=1
+    fi
+    trap '[[ -n "$added_policy" ]] && rm -f /usr/sbin/policy-rc.d' EXIT
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${APT_PACKAGES[@]}" >/dev/null
+else
+    log "apt: all ${#APT_PACKAGES[@]} packages present"
+fi
+
+# A charon started by a package script (or left over) would hold /run/charon.pid and the IKE ports
+# of the root namespace; the tests' charons run in their own namespaces and mount their own /run.
+if [[ -s /run/charon.pid ]]; then
+    pid=$(cat /run/charon.pid)
+    if kill -0 "$pid" 2>/dev/null && [[ "$(readlink /proc/"$pid"/ns/net)" == "$(readlink /proc/1/ns/net)" ]]; then
+        log "stopping charon (pid $pid) running in the root namespace"
+        kill "$pid" || true
+        for _ in 1 2 3 4 5 6 7 8 9 10; do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+        kill -9 "$pid" 2>/dev/null || true
+    fi
+    kill -0 "$pid" 2>/dev/null || rm -f /run/charon.pid
+fi
+
+"$PYTHON" - <<'PY'
+import sys
+if sys.version_info < (3, 11):
+    sys.exit(f"Python >= 3.11 needed, {sys.executable} is {sys.version.split()[0]} (set PYTHON=...)")
+PY
+log "pip: installing ike with test extras ($("$PYTHON" --version))"
+PIP_ROOT_USER_ACTION=ignore "$PYTHON" -m pip install -q --disable-pip-version-check -e '.[test]'
