@@ -1,0 +1,131 @@
+"""The database schema as a list of migrations; PRAGMA user_version says how many have run.
+
+Each migration runs in its own transaction together with the version bump, so a crash leaves the
+file at the old or the new version, never between. Append new migrations; never edit old ones.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+MIGRATIONS: tuple[str, ...] = (
+    # 1: the tunnel definitions.
+    """
+    CREATE TABLE km_policy (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        version INTEGER NOT NULL,
+        mode TEXT NOT NULL,
+        lifetime_s INTEGER NOT NULL,
+        lifetime_kb INTEGER NOT NULL,
+        auth TEXT NOT NULL,
+        dpd_delay_s INTEGER NOT NULL,
+        dpd_action TEXT NOT NULL
+    );
+    CREATE TABLE km_proposal (
+        policy_id INTEGER NOT NULL REFERENCES km_policy(id) ON DELETE CASCADE,
+        seq INTEGER NOT NULL,
+        encr TEXT NOT NULL,
+        encr_keylen INTEGER NOT NULL,
+        integ TEXT,
+        prf TEXT NOT NULL,
+        dh INTEGER NOT NULL,
+        PRIMARY KEY (policy_id, seq)
+    );
+    CREATE TABLE dm_policy (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        protocol TEXT NOT NULL,
+        pfs_group INTEGER NOT NULL,
+        lifetime_s INTEGER NOT NULL,
+        lifetime_kb INTEGER NOT NULL,
+        mode TEXT NOT NULL
+    );
+    CREATE TABLE dm_proposal (
+        policy_id INTEGER NOT NULL REFERENCES dm_policy(id) ON DELETE CASCADE,
+        seq INTEGER NOT NULL,
+        encr TEXT NOT NULL,
+        encr_keylen INTEGER NOT NULL,
+        integ TEXT,
+        esn INTEGER NOT NULL,
+        PRIMARY KEY (policy_id, seq)
+    );
+    CREATE TABLE phase1 (
+        number INTEGER PRIMARY KEY AUTOINCREMENT,
+        name TEXT NOT NULL UNIQUE,
+        local_id_type TEXT NOT NULL,
+        local_id TEXT NOT NULL,
+        remote_id_type TEXT NOT NULL,
+        remote_id TEXT NOT NULL,
+        local_addr TEXT NOT NULL,
+        remote_addr TEXT NOT NULL,
+        policy_id INTEGER NOT NULL REFERENCES km_policy(id),
+        cert_file TEXT,
+        key_file TEXT,
+        ca_file TEXT,
+        autostart INTEGER NOT NULL
+    );
+    CREATE TABLE phase2 (
+        number INTEGER PRIMARY KEY AUTOINCREMENT,
+        name TEXT NOT NULL UNIQUE,
+        phase1 INTEGER NOT NULL REFERENCES phase1(number) ON UPDATE CASCADE,
+        local_start TEXT NOT NULL,
+        local_end TEXT NOT NULL,
+        local_proto INTEGER NOT NULL,
+        local_port_start INTEGER NOT NULL,
+        local_port_end INTEGER NOT NULL,
+        remote_start TEXT NOT NULL,
+        remote_end TEXT NOT NULL,
+        remote_proto INTEGER NOT NULL,
+        remote_port_start INTEGER NOT NULL,
+        remote_port_end INTEGER NOT NULL,
+        policy_id INTEGER NOT NULL REFERENCES dm_policy(id),
+        autostart INTEGER NOT NULL
+    );
+    CREATE INDEX phase2_by_phase1 ON phase2(phase1);
+    CREATE TABLE ike_group (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE
+    );
+    CREATE TABLE ike_group_member (
+        group_id INTEGER NOT NULL REFERENCES ike_group(id) ON DELETE CASCADE,
+        seq INTEGER NOT NULL,
+        member TEXT NOT NULL,
+        PRIMARY KEY (group_id, seq)
+    );
+    CREATE TABLE psk (
+        id_type TEXT NOT NULL,
+        id_value TEXT NOT NULL,
+        key BLOB NOT NULL,
+        PRIMARY KEY (id_type, id_value)
+    );
+    """,
+)
+
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+class SchemaError(Exception):
+    pass
+
+
+def migrate(conn: sqlite3.Connection) -> None:
+    """Bring the database up to SCHEMA_VERSION. Holds the write lock while checking, so two
+    processes opening a new file at once do not both run migration 1."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise SchemaError(
+                f"the database has schema version {version}, written by a newer ike; this ike knows "
+                f"versions up to {SCHEMA_VERSION}: upgrade ike or use another IKE_DB"
+            )
+        for n in range(version, SCHEMA_VERSION):
+            for statement in MIGRATIONS[n].split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {n + 1}")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise

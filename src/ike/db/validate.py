@@ -1,0 +1,186 @@
+"""Checks on definitions before they are written: everything that can be said without the database.
+
+Imports the transforms table (no crypto); only the write path uses this module.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+
+from ike.db.model import DM_POLICY, GROUP, KM_POLICY, PHASE1, PHASE2, PSK, Definitions
+from ike.policy import AuthMethod, DataManagementPolicy, IdType, PolicyError
+from ike.proto import transforms
+
+Problems = list[tuple[tuple[str, str], str]]
+
+# Names appear in listings, XML attributes and namelist=; keep them printable and comma-free.
+NAME_RE = re.compile(r"[A-Za-z0-9_.@:/+-][A-Za-z0-9_.@:/+ =-]{0,127}")
+HOST_RE = re.compile(
+    r"(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?"
+)
+AH_ENCR = "null"
+
+
+def check_name(name: str) -> str | None:
+    if not NAME_RE.fullmatch(name) or name != name.strip():
+        return (
+            f"name {name!r} is not usable: 1-128 characters, letters, digits and _.@:/+-= "
+            "(no commas, no leading/trailing spaces)"
+        )
+    return None
+
+
+def check_dm_proposals(p: DataManagementPolicy, version: int) -> str | None:
+    for prop in p.proposals:
+        try:
+            if p.protocol == "ah":
+                if prop.encr != AH_ENCR or prop.encr_keylen != 0:
+                    return f"AH only authenticates: proposal {prop} must not name an encryption algorithm"
+                if prop.integ not in transforms.INTEG:
+                    return f"AH needs an integrity algorithm; known: {', '.join(sorted(transforms.INTEG))}"
+            else:
+                transforms.check_esp_proposal(prop, version)
+        except PolicyError as e:
+            return str(e)
+    return None
+
+
+def check_phase2_against_phase1(p: DataManagementPolicy, ike_version: int) -> str | None:
+    msg = check_dm_proposals(p, ike_version)
+    return f"with IPSecProtection {p.name!r} under an IKEv{ike_version} tunnel: {msg}" if msg else None
+
+
+def _addr_or_host(text: str) -> str | None:
+    try:
+        ipaddress.ip_address(text)
+        return None
+    except ValueError:
+        pass
+    if HOST_RE.fullmatch(text):
+        return None
+    return f"{text!r} is neither an IP address nor a host name"
+
+
+def check_definitions(defs: Definitions) -> Problems:
+    problems: Problems = []
+
+    def bad(kind: str, name: str, msg: str) -> None:
+        problems.append(((kind, name), msg))
+
+    for kind, names in (
+        (KM_POLICY, [p.name for p in defs.km_policies]),
+        (DM_POLICY, [p.name for p in defs.dm_policies]),
+        (PHASE1, [t.name for t in defs.phase1]),
+        (PHASE2, [t.name for t in defs.phase2]),
+        (GROUP, [g.name for g in defs.groups]),
+    ):
+        seen: set[str] = set()
+        for n in names:
+            if (msg := check_name(n)) is not None:
+                bad(kind, n, msg)
+            if n in seen:
+                bad(kind, n, "defined twice")
+            seen.add(n)
+    for kind, numbered in ((PHASE1, defs.phase1), (PHASE2, defs.phase2)):
+        used: dict[int, str] = {}
+        for t in numbered:
+            if t.number is None:
+                continue
+            if not 1 <= t.number <= 2**31 - 1:
+                bad(kind, t.name, f"tunnel number {t.number} is outside 1-{2**31 - 1}")
+            elif t.number in used:
+                bad(kind, t.name, f"tunnel number {t.number} is also given to {used[t.number]!r}")
+            used[t.number] = t.name
+
+    for kp in defs.km_policies:
+        try:
+            kp.check()
+            for prop in kp.proposals:
+                transforms.check_ike_proposal(prop, kp.version)
+        except PolicyError as e:
+            bad(KM_POLICY, kp.name, str(e))
+            continue
+        if kp.version == 2 and kp.mode != "main":
+            bad(KM_POLICY, kp.name, "aggressive mode is an IKEv1 exchange; IKEv2 has one exchange mode (use Main)")
+        if kp.version == 2 and kp.lifetime_kb:
+            bad(KM_POLICY, kp.name, "a lifetime in kilobytes is an IKEv1 phase 1 feature; leave it 0 for IKEv2")
+        if kp.dpd_delay_s < 0:
+            bad(KM_POLICY, kp.name, "the DPD delay cannot be negative (0 turns liveness checks off)")
+
+    for dp in defs.dm_policies:
+        try:
+            dp.check()
+        except PolicyError as e:
+            bad(DM_POLICY, dp.name, str(e))
+            continue
+        if dp.pfs_group and dp.pfs_group not in transforms.DH:
+            bad(
+                DM_POLICY,
+                dp.name,
+                f"unknown PFS group {dp.pfs_group}; known: {', '.join(map(str, sorted(transforms.DH)))}",
+            )
+        # Checked against IKEv2 here; the tunnel that uses it is checked against its own version.
+        v1 = check_dm_proposals(dp, 1)
+        v2 = check_dm_proposals(dp, 2)
+        if v1 and v2:
+            bad(DM_POLICY, dp.name, v2)
+
+    for t1 in defs.phase1:
+        for what, ident in (("local", t1.local_id), ("remote", t1.remote_id)):
+            try:
+                ident.check()
+            except PolicyError as e:
+                bad(PHASE1, t1.name, f"{what} identity: {e}")
+        if t1.local_addr:
+            try:
+                ipaddress.ip_address(t1.local_addr)
+            except ValueError:
+                bad(PHASE1, t1.name, f"local address {t1.local_addr!r} is not an IP address")
+        if not t1.remote_addr:
+            bad(PHASE1, t1.name, "no remote address: give IKE_RemoteAddress, or a remote identity that is an address")
+        elif (msg := _addr_or_host(t1.remote_addr)) is not None:
+            bad(PHASE1, t1.name, f"remote address: {msg}")
+        else:
+            try:
+                la = ipaddress.ip_address(t1.local_addr) if t1.local_addr else None
+                ra = ipaddress.ip_address(t1.remote_addr)
+                if la is not None and la.version != ra.version:
+                    bad(PHASE1, t1.name, "local and remote addresses must both be IPv4 or both IPv6")
+            except ValueError:
+                pass
+        if (t1.cert_file is None) != (t1.key_file is None):
+            bad(PHASE1, t1.name, "a certificate needs its private key file and the other way round")
+        policy_of = next((p for p in defs.km_policies if p.name == t1.policy), None)
+        if policy_of is not None and policy_of.auth is not AuthMethod.PSK and t1.cert_file is None:
+            bad(
+                PHASE1,
+                t1.name,
+                f"IKEProtection {policy_of.name!r} authenticates with {policy_of.auth.value} signatures: give "
+                "IKE_CertificateFile, IKE_PrivateKeyFile and IKE_CAFile",
+            )
+
+    for t2 in defs.phase2:
+        if t2.local_ts.version != t2.remote_ts.version:
+            bad(PHASE2, t2.name, "local and remote identities must both be IPv4 or both IPv6")
+
+    for g in defs.groups:
+        if not g.members:
+            bad(GROUP, g.name, "a group needs at least one member")
+        if len(set(g.members)) != len(g.members):
+            bad(GROUP, g.name, "a member is listed twice")
+
+    seen_ids: set[tuple[IdType, str]] = set()
+    for k in defs.psks:
+        label = f"{k.identity.type.label}:{k.identity.value}"
+        try:
+            k.identity.check()
+        except PolicyError as e:
+            bad(PSK, label, str(e))
+        if not k.key:
+            bad(PSK, label, "the key is empty")
+        key = (k.identity.type, k.identity.value)
+        if key in seen_ids:
+            bad(PSK, label, "two keys for one identity")
+        seen_ids.add(key)
+    return problems
