@@ -1,0 +1,106 @@
+"""The data plane interface the daemon uses, and `create_backend`.
+
+The daemon turns each `ChildSaEstablished` into `install(child)` and each delete into `remove(id)`.
+`child.child_id` is the key for `remove` and `counters`; it must be unique within one data plane (the
+daemon numbers children across engines, e.g. with `dataclasses.replace(child, child_id=n)`).
+
+ESP-in-UDP (RFC 3948) shares port 4500 with IKE. Two ways to wire it, pick one:
+- the daemon owns the socket: it passes ESP datagrams (first 4 bytes a non-zero SPI) to
+  `receive_udp_esp` and gives `set_udp_sender` a function that sends on that socket;
+- faster: the daemon hands the socket to `attach_udp_socket(sock, on_ike)`; the data plane reads it in
+  tight non-blocking loops and calls `on_ike(data, local, remote)` for everything that is not ESP
+  (non-ESP marker, keepalives), exactly as the datagram arrived.
+Either way the daemon calls `bypass_socket(sock)` on every IKE socket (500 and 4500) so that IKE and
+ESP to a peer never enter that same peer's tunnel (host-to-host tunnels).
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from ike.proto.api import Address, ChildSaEstablished
+
+log = logging.getLogger("ike.dataplane")
+
+ExpiryCallback = Callable[[int, str], None]  # (child_id, "soft" | "hard")
+UdpSender = Callable[[bytes, Address, Address], None]  # (data, local, remote)
+IkeHandler = Callable[[bytes, Address, Address], None]  # (datagram, local, remote)
+
+
+class DataPlaneError(Exception):
+    """A request the data plane cannot carry out; the message says what and what to do."""
+
+
+@dataclass
+class ChildCounters:
+    bytes_in: int = 0  # inner (cleartext) bytes
+    bytes_out: int = 0
+    packets_in: int = 0
+    packets_out: int = 0
+    dropped_in: int = 0  # failed ICV, replay, padding or selector checks
+    last_used: float | None = None  # time.monotonic() of the last packet either way
+
+
+class DataPlane(Protocol):
+    name: str
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None:
+        """Remove every SA, route, rule and policy this plane added."""
+        ...
+
+    def install(self, child: ChildSaEstablished) -> None:
+        """Both SAs of `child` and the routes/filter rules for its selectors. Raises DataPlaneError."""
+        ...
+
+    def remove(self, child_id: int) -> None:
+        """Forget a child (unknown ids are ignored: removal is idempotent)."""
+        ...
+
+    def counters(self, child_id: int) -> ChildCounters: ...
+
+    def set_expiry_callback(self, cb: ExpiryCallback) -> None: ...
+
+    def receive_udp_esp(self, data: bytes, local: Address, remote: Address) -> None: ...
+
+    def set_udp_sender(self, send: UdpSender) -> None: ...
+
+    def attach_udp_socket(self, sock: socket.socket, on_ike: IkeHandler) -> None: ...
+
+    def bypass_socket(self, sock: socket.socket) -> None: ...
+
+
+BACKENDS = ("auto", "userspace", "xfrm", "none")
+
+
+def create_backend(name: str, **options: Any) -> DataPlane:
+    """`name`: userspace | xfrm | none | auto (xfrm when the kernel can hold an ESP SA, else userspace).
+    Options go to the backend (userspace: tun_name, mtu, table, mark, rule_priority, replay_window)."""
+    if name == "none":
+        from ike.dataplane.none import NoneDataPlane
+
+        return NoneDataPlane()
+    if name == "userspace":
+        from ike.dataplane.userspace import UserspaceDataPlane
+
+        return UserspaceDataPlane(**options)
+    if name in ("xfrm", "auto"):
+        from ike.dataplane.xfrm import XfrmDataPlane, probe_esp
+
+        ok, why = probe_esp()
+        if ok:
+            log.info("data plane: kernel XFRM (the kernel accepted a test ESP SA)")
+            xopts = {k: v for k, v in options.items() if k in ("replay_window",)}
+            return XfrmDataPlane(**xopts)
+        if name == "xfrm":
+            raise DataPlaneError(f"the kernel XFRM data plane is not usable here: {why}; use dataplane=userspace")
+        log.warning("data plane: kernel XFRM cannot hold ESP SAs (%s); using userspace ESP over TUN", why)
+        from ike.dataplane.userspace import UserspaceDataPlane
+
+        return UserspaceDataPlane(**options)
+    raise DataPlaneError(f"unknown data plane {name!r}; use one of {', '.join(BACKENDS)}")

@@ -1,0 +1,154 @@
+"""Static ESP tunnels from the command line, without IKE: for tests, debugging and throughput checks.
+
+    python -m ike.dataplane.manual --local 198.18.0.1 --remote 198.18.0.2 \\
+        --local-ts 198.19.1.0/24 --remote-ts 198.19.2.0/24 \\
+        --spi-in 1001 --spi-out 1002 --encr aes-gcm-16 --keylen 128 \\
+        --key-in <hex> --key-out <hex> [--integ hmac-sha2-256-128 --ikey-in <hex> --ikey-out <hex>]
+
+The peer runs the same with in/out swapped. Prints "ready" once traffic can flow, runs until SIGTERM
+or SIGINT, then removes everything it added and prints the counters as one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import ipaddress
+import json
+import logging
+import signal
+import socket
+import sys
+
+from ike.dataplane.base import DataPlaneError
+from ike.dataplane.userspace import DEFAULT_MTU, DEFAULT_TUN, UserspaceDataPlane
+from ike.policy import (
+    DataManagementPolicy,
+    EspProposal,
+    Phase2Tunnel,
+    PolicyError,
+    TrafficSelector,
+)
+from ike.proto.api import ChildSaEstablished, ChildSaKeys, Role
+
+
+def _hex(text: str) -> bytes:
+    try:
+        return bytes.fromhex(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not hexadecimal") from None
+
+
+def _spi(text: str) -> bytes:
+    try:
+        n = int(text, 16)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"SPI {text!r} is not hexadecimal") from None
+    if not 0x100 <= n <= 0xFFFFFFFF:
+        raise argparse.ArgumentTypeError(f"SPI {text} must be in 100-ffffffff (hex)")
+    return n.to_bytes(4, "big")
+
+
+def build_child(a: argparse.Namespace) -> ChildSaEstablished:
+    local_ts = tuple(TrafficSelector.parse(t) for t in a.local_ts)
+    remote_ts = tuple(TrafficSelector.parse(t) for t in a.remote_ts)
+    prop = EspProposal(a.encr, a.keylen, a.integ, a.esn)
+    pol = DataManagementPolicy("manual", proposals=(prop,), lifetime_s=a.lifetime_s, lifetime_kb=a.lifetime_kb)
+    p2 = Phase2Tunnel(0, "manual", 0, local_ts[0], remote_ts[0], pol)
+    port = 4500 if a.udp else 0
+    return ChildSaEstablished(
+        child_id=a.child_id,
+        sa_id=0,
+        phase2=p2,
+        role=Role.INITIATOR,
+        protocol="esp",
+        mode="tunnel",
+        proposal=prop,
+        inbound=ChildSaKeys(a.spi_in, a.key_in, a.ikey_in or b""),
+        outbound=ChildSaKeys(a.spi_out, a.key_out, a.ikey_out or b""),
+        local_ts=local_ts,
+        remote_ts=remote_ts,
+        local=(a.local, port),
+        remote=(a.remote, port),
+        udp_encap=a.udp,
+        lifetime_s=a.lifetime_s,
+        lifetime_kb=a.lifetime_kb,
+        pfs_group=0,
+    )
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m ike.dataplane.manual", description=__doc__.split("\n\n")[0])
+    p.add_argument("--local", required=True, help="our outer address")
+    p.add_argument("--remote", required=True, help="the peer's outer address")
+    p.add_argument("--local-ts", action="append", required=True, help="local selector (repeatable)")
+    p.add_argument("--remote-ts", action="append", required=True, help="remote selector (repeatable)")
+    p.add_argument("--spi-in", type=_spi, required=True, help="hex")
+    p.add_argument("--spi-out", type=_spi, required=True, help="hex")
+    p.add_argument("--encr", default="aes-gcm-16")
+    p.add_argument("--keylen", type=int, default=128)
+    p.add_argument("--key-in", type=_hex, required=True, help="hex, AEAD salt included")
+    p.add_argument("--key-out", type=_hex, required=True)
+    p.add_argument("--integ", default=None)
+    p.add_argument("--ikey-in", type=_hex, default=None)
+    p.add_argument("--ikey-out", type=_hex, default=None)
+    p.add_argument("--esn", action="store_true")
+    p.add_argument("--no-udp", dest="udp", action="store_false", help="plain ESP (IP protocol 50)")
+    p.add_argument("--tun", default=DEFAULT_TUN)
+    p.add_argument("--mtu", type=int, default=DEFAULT_MTU)
+    p.add_argument("--lifetime-s", type=int, default=3600)
+    p.add_argument("--lifetime-kb", type=int, default=0)
+    p.add_argument("--child-id", type=int, default=1)
+    p.add_argument("-v", "--verbose", action="store_true")
+    return p
+
+
+async def run(a: argparse.Namespace) -> int:
+    child = build_child(a)
+    dp = UserspaceDataPlane(tun_name=a.tun, mtu=a.mtu)
+    expiries: list[tuple[int, str]] = []
+    dp.set_expiry_callback(lambda cid, kind: expiries.append((cid, kind)))
+    sock: socket.socket | None = None
+    await dp.start()
+    try:
+        if a.udp:
+            fam = socket.AF_INET6 if ipaddress.ip_address(a.local).version == 6 else socket.AF_INET
+            sock = socket.socket(fam, socket.SOCK_DGRAM)
+            sock.bind((a.local, 4500))
+            dp.attach_udp_socket(sock, lambda data, local, remote: None)
+        dp.install(child)
+        print("ready", flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        c = dp.counters(child.child_id)
+        report = {
+            **dataclasses.asdict(c),
+            "no_policy": dp.no_policy,
+            "unknown_spi": dp.unknown_spi,
+            "send_errors": dp.send_errors,
+            "expiries": expiries,
+        }
+        print(json.dumps(report), flush=True)
+    finally:
+        await dp.close()
+        if sock is not None:
+            sock.close()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if a.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    try:
+        return asyncio.run(run(a))
+    except (DataPlaneError, PolicyError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,527 @@
+"""Userspace ESP over a TUN device: the data plane for kernels without ESP.
+
+Outbound: the kernel routes traffic for each child's remote selectors into the TUN device (`ike0`);
+we read it, find the child in the SPD (longest-prefix dicts, see spd.py), encrypt with that child's
+EspSa and send it as ESP-in-UDP (port 4500) or plain ESP (a raw IP protocol 50 socket).
+Inbound: ESP -> SA by SPI (a dict) -> decrypt -> the inner packet must match the child's selectors ->
+written to the TUN device, from where the kernel delivers or forwards it.
+
+Routes go into a table of their own (default 4501), consulted by the rule `not fwmark MARK lookup
+TABLE`. Our ESP sockets and the daemon's IKE sockets carry MARK (SO_MARK, see `bypass_socket`), so
+for a host-to-host tunnel, where the peer's own address is routed into the tunnel, the IKE and ESP
+packets to that peer still leave by the normal route instead of looping into the TUN device.
+
+All I/O runs on the daemon's asyncio loop with non-blocking descriptors that are drained in tight
+loops per wake-up (`add_reader`), so one wake-up moves a batch of packets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import ipaddress
+import json
+import logging
+import os
+import socket
+import struct
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from ike.dataplane.base import ChildCounters, DataPlaneError, ExpiryCallback, IkeHandler, UdpSender
+from ike.dataplane.esp import NH_IPV4, NH_IPV6, EspError, EspSa, Lifetime, SaExpiredError
+from ike.dataplane.spd import SelectorSet, Spd, cidr_blocks
+from ike.proto.api import Address, ChildSaEstablished
+
+log = logging.getLogger("ike.dataplane.userspace")
+
+TUNSETIFF = 0x400454CA
+IFF_TUN = 0x0001
+IFF_NO_PI = 0x1000
+IPPROTO_ESP = 50
+SO_MARK = getattr(socket, "SO_MARK", 36)
+
+DEFAULT_TUN = "ike0"
+DEFAULT_MTU = 1400  # fits ESP-in-UDP over IPv6 with CBC+HMAC-SHA-512 into a 1500-byte path
+DEFAULT_TABLE = 4501
+DEFAULT_MARK = 0x494B45  # "IKE"
+DEFAULT_RULE_PRIORITY = 4501
+BATCH = 256  # packets per wake-up before yielding to the rest of the loop
+SOCK_BUF = 4 << 20  # bytes; absorbs bursts while the loop is busy (a full raw ESP socket also makes
+# the kernel answer with ICMP protocol-unreachable, which must not happen in normal operation)
+
+
+def _big_buffers(sock: socket.socket) -> None:
+    for force, plain in ((33, socket.SO_RCVBUF), (32, socket.SO_SNDBUF)):  # SO_RCVBUFFORCE, SO_SNDBUFFORCE
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, force, SOCK_BUF)
+        except OSError:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, plain, SOCK_BUF)
+
+
+def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(["ip", *args], capture_output=True, text=True, check=False)
+    if check and proc.returncode != 0:
+        raise DataPlaneError(f"`ip {' '.join(args)}` failed: {proc.stderr.strip() or proc.stdout.strip()}")
+    return proc
+
+
+@dataclass
+class _Out:
+    """What the TUN reader needs for one outbound SA."""
+
+    sa: EspSa
+    send: Callable[[bytes], object]
+    child_id: int
+
+
+@dataclass
+class _In:
+    sa: EspSa
+    selectors: SelectorSet
+    child_id: int
+    dropped: int = 0
+
+
+@dataclass
+class _Child:
+    child: ChildSaEstablished
+    out: _Out
+    inn: _In
+    routes: list[tuple[int, str]]  # (ip version, prefix) routed into the TUN
+    timers: list[asyncio.TimerHandle] = field(default_factory=list)
+    fired: set[str] = field(default_factory=set)
+    last_packets: int = 0
+    last_used: float | None = None
+
+
+class UserspaceDataPlane:
+    name = "userspace"
+
+    def __init__(
+        self,
+        tun_name: str = DEFAULT_TUN,
+        mtu: int = DEFAULT_MTU,
+        table: int = DEFAULT_TABLE,
+        mark: int = DEFAULT_MARK,
+        rule_priority: int = DEFAULT_RULE_PRIORITY,
+        replay_window: int = 64,
+        soft_fraction: float = 0.9,
+    ) -> None:
+        if len(tun_name.encode()) > 15:
+            raise DataPlaneError(f"TUN device name {tun_name!r} is longer than 15 bytes")
+        self.tun_name, self.mtu, self.table, self.mark = tun_name, mtu, table, mark
+        self.rule_priority, self.replay_window, self.soft_fraction = rule_priority, replay_window, soft_fraction
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._tun_fd = -1
+        self._raw: dict[int, socket.socket] = {}  # family -> raw ESP socket
+        self._udp: dict[int, socket.socket] = {}  # family -> attached port-4500 socket
+        self._pending_udp: list[tuple[socket.socket, IkeHandler]] = []
+        self._udp_sender: UdpSender | None = None
+        self._expiry_cb: ExpiryCallback | None = None
+        self._children: dict[int, _Child] = {}
+        self._in: dict[int, _In] = {}  # inbound SPI -> SA
+        self._spd: Spd[_Out] = Spd()
+        self._route_refs: dict[tuple[int, str], int] = {}
+        # plane-wide drop counters (no SA to charge them to)
+        self.no_policy = 0
+        self.unknown_spi = 0
+        self.send_errors = 0
+        self._last_err_log = 0.0
+
+    # -- life cycle --------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        try:
+            fd = os.open("/dev/net/tun", os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError as e:
+            raise DataPlaneError(f"cannot open /dev/net/tun ({e.strerror}): the userspace data plane needs root") from e
+        try:
+            fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH22x", self.tun_name.encode(), IFF_TUN | IFF_NO_PI))
+        except OSError as e:
+            os.close(fd)
+            raise DataPlaneError(f"cannot create TUN device {self.tun_name} ({e.strerror}); is it in use?") from e
+        self._tun_fd = fd
+        _ip("link", "set", "dev", self.tun_name, "mtu", str(self.mtu), "up")
+        for fam in ("-4", "-6"):
+            # A rule left by a crashed run would double up; remove before adding.
+            while _ip(fam, "rule", "del", "priority", str(self.rule_priority), check=False).returncode == 0:
+                pass
+            _ip(fam, "route", "flush", "table", str(self.table), check=False)
+            _ip(
+                fam,
+                "rule",
+                "add",
+                "priority",
+                str(self.rule_priority),
+                "not",
+                "fwmark",
+                hex(self.mark),
+                "table",
+                str(self.table),
+            )
+        for family in (socket.AF_INET, socket.AF_INET6):
+            try:
+                s = socket.socket(family, socket.SOCK_RAW, IPPROTO_ESP)
+            except OSError as e:
+                log.warning("no raw ESP socket for %s (%s): plain ESP unavailable", family.name, e.strerror)
+                continue
+            s.setblocking(False)
+            s.setsockopt(socket.SOL_SOCKET, SO_MARK, self.mark)
+            _big_buffers(s)
+            self._raw[family] = s
+            self._loop.add_reader(s.fileno(), self._on_raw, s, family == socket.AF_INET)
+        self._loop.add_reader(fd, self._on_tun)
+        for sock, on_ike in self._pending_udp:
+            self._register_udp(sock, on_ike)
+        self._pending_udp.clear()
+        log.info("userspace ESP data plane on %s (mtu %d, table %d, mark %#x)", self.tun_name, self.mtu, self.table, self.mark)
+
+    async def close(self) -> None:
+        for cid in list(self._children):
+            self.remove(cid)
+        loop = self._loop
+        if loop is not None:
+            for s in list(self._raw.values()) + list(self._udp.values()):
+                with contextlib.suppress(Exception):
+                    loop.remove_reader(s.fileno())
+            if self._tun_fd >= 0:
+                loop.remove_reader(self._tun_fd)
+        for s in self._raw.values():
+            s.close()
+        self._raw.clear()
+        self._udp.clear()
+        if self._tun_fd >= 0:
+            for fam in ("-4", "-6"):
+                _ip(fam, "rule", "del", "priority", str(self.rule_priority), check=False)
+                _ip(fam, "route", "flush", "table", str(self.table), check=False)
+            os.close(self._tun_fd)  # the TUN device disappears with its last descriptor
+            self._tun_fd = -1
+
+    # -- wiring to the daemon ----------------------------------------------------------------------
+
+    def set_expiry_callback(self, cb: ExpiryCallback) -> None:
+        self._expiry_cb = cb
+
+    def set_udp_sender(self, send: UdpSender) -> None:
+        self._udp_sender = send
+
+    def bypass_socket(self, sock: socket.socket) -> None:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, SO_MARK, self.mark)
+        except OSError as e:
+            raise DataPlaneError(f"cannot mark socket for tunnel bypass (SO_MARK: {e.strerror}); needs root") from e
+
+    def attach_udp_socket(self, sock: socket.socket, on_ike: IkeHandler) -> None:
+        sock.setblocking(False)
+        self.bypass_socket(sock)
+        _big_buffers(sock)
+        if self._loop is None:
+            self._pending_udp.append((sock, on_ike))
+        else:
+            self._register_udp(sock, on_ike)
+
+    def _register_udp(self, sock: socket.socket, on_ike: IkeHandler) -> None:
+        assert self._loop is not None
+        self._udp[sock.family] = sock
+        local = sock.getsockname()[:2]
+        self._loop.add_reader(sock.fileno(), self._on_udp, sock, (local[0], local[1]), on_ike)
+
+    def receive_udp_esp(self, data: bytes, local: Address, remote: Address) -> None:
+        self._esp_in(data)
+
+    # -- installing --------------------------------------------------------------------------------
+
+    def install(self, child: ChildSaEstablished) -> None:
+        cid = child.child_id
+        if cid in self._children:
+            raise DataPlaneError(f"child SA {cid} is already installed; remove it first")
+        if self._tun_fd < 0 or self._loop is None:
+            raise DataPlaneError("the userspace data plane is not started")
+        if child.protocol != "esp":
+            raise DataPlaneError(f"child SA {cid}: the userspace data plane carries ESP only, not {child.protocol}")
+        if child.mode != "tunnel":
+            raise DataPlaneError(f"child SA {cid}: the userspace data plane does tunnel mode only, not {child.mode}")
+        in_spi = int.from_bytes(child.inbound.spi, "big")
+        if in_spi in self._in:
+            raise DataPlaneError(f"child SA {cid}: inbound SPI {in_spi:#010x} is already in use")
+        p = child.proposal
+        now = self._loop.time()
+        lifetime = Lifetime.from_negotiated(child.lifetime_s, child.lifetime_kb, self.soft_fraction)
+        try:
+            out_sa = EspSa(
+                child.outbound.spi,
+                p.encr,
+                p.encr_keylen,
+                child.outbound.enc_key,
+                p.integ,
+                child.outbound.integ_key,
+                esn=p.esn,
+                replay_window=0,
+                lifetime=lifetime,
+                now=now,
+            )
+            in_sa = EspSa(
+                child.inbound.spi,
+                p.encr,
+                p.encr_keylen,
+                child.inbound.enc_key,
+                p.integ,
+                child.inbound.integ_key,
+                esn=p.esn,
+                replay_window=self.replay_window,
+                lifetime=lifetime,
+                now=now,
+            )
+        except EspError as e:
+            raise DataPlaneError(f"child SA {cid}: {e}") from e
+        out = _Out(out_sa, self._sender_for(child), cid)
+        inn = _In(in_sa, SelectorSet(child.local_ts, child.remote_ts), cid)
+        rec = _Child(child, out, inn, [])
+        out_sa.on_limit = lambda kind: self._limit(cid, kind)
+        in_sa.on_limit = lambda kind: self._limit(cid, kind)
+        try:
+            self._add_routes(rec)
+        except DataPlaneError:
+            self._del_routes(rec)
+            raise
+        self._children[cid] = rec
+        self._in[in_spi] = inn
+        self._spd.add(cid, child.local_ts, child.remote_ts, out)
+        for sa in (out_sa,):
+            self._arm_timer(rec, sa)
+        log.info(
+            "installed child SA %d: %s <-> %s, SPIs in %s out %s, %s%s",
+            cid,
+            ",".join(map(str, child.local_ts)),
+            ",".join(map(str, child.remote_ts)),
+            child.inbound.spi.hex(),
+            child.outbound.spi.hex(),
+            p,
+            ", ESP-in-UDP" if child.udp_encap else "",
+        )
+
+    def _sender_for(self, child: ChildSaEstablished) -> Callable[[bytes], object]:
+        remote_ip, remote_port = child.remote
+        fam = socket.AF_INET6 if ipaddress.ip_address(remote_ip).version == 6 else socket.AF_INET
+        if child.udp_encap:
+            sock = self._udp.get(fam)
+            if sock is not None:
+                sendto = sock.sendto
+                dst = (remote_ip, remote_port)
+                return lambda data: sendto(data, dst)
+            if self._udp_sender is None:
+                raise DataPlaneError(
+                    f"child SA {child.child_id} uses UDP encapsulation but no port-4500 socket is attached "
+                    "and no UDP sender is set (call attach_udp_socket or set_udp_sender first)"
+                )
+            local, remote = child.local, child.remote
+
+            def via_daemon(data: bytes) -> None:
+                assert self._udp_sender is not None
+                self._udp_sender(data, local, remote)
+
+            return via_daemon
+        raw = self._raw.get(fam)
+        if raw is None:
+            raise DataPlaneError(f"child SA {child.child_id} uses plain ESP but no raw ESP socket could be opened")
+        rsend = raw.sendto
+        rdst = (remote_ip, 0)
+        return lambda data: rsend(data, rdst)
+
+    def _local_addresses(self) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+        proc = _ip("-j", "addr", "show", check=False)
+        out: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = []
+        try:
+            for link in json.loads(proc.stdout or "[]"):
+                for a in link.get("addr_info", []):
+                    if a.get("scope") != "link":
+                        out.append(ipaddress.ip_address(a["local"]))
+        except (ValueError, KeyError):
+            pass
+        return out
+
+    def _add_routes(self, rec: _Child) -> None:
+        child = rec.child
+        locals_ = self._local_addresses()
+        for ts in child.remote_ts:
+            # Source hint: one of our own addresses inside the local selectors, so that traffic the
+            # gateway itself originates is matched by the SA.
+            src = next(
+                (
+                    str(a)
+                    for lts in child.local_ts
+                    if lts.version == ts.version
+                    for a in locals_
+                    if a.version == ts.version and lts.start <= a <= lts.end
+                ),
+                None,
+            )
+            for net, plen in cidr_blocks(ts):
+                prefix = f"{ipaddress.ip_address(net)}/{plen}"
+                key = (ts.version, prefix)
+                if self._route_refs.get(key, 0) == 0:
+                    args = [f"-{ts.version}", "route", "replace", prefix, "dev", self.tun_name, "table", str(self.table)]
+                    if src:
+                        args += ["src", src]
+                    _ip(*args)
+                self._route_refs[key] = self._route_refs.get(key, 0) + 1
+                rec.routes.append(key)
+
+    def _del_routes(self, rec: _Child) -> None:
+        for key in rec.routes:
+            n = self._route_refs.get(key, 0) - 1
+            if n <= 0:
+                self._route_refs.pop(key, None)
+                v, prefix = key
+                _ip(f"-{v}", "route", "del", prefix, "dev", self.tun_name, "table", str(self.table), check=False)
+            else:
+                self._route_refs[key] = n
+        rec.routes.clear()
+
+    def remove(self, child_id: int) -> None:
+        rec = self._children.pop(child_id, None)
+        if rec is None:
+            return
+        for t in rec.timers:
+            t.cancel()
+        self._in.pop(rec.inn.sa.spi, None)
+        self._spd.remove(child_id)
+        self._del_routes(rec)
+        log.info("removed child SA %d", child_id)
+
+    # -- counters and expiry -----------------------------------------------------------------------
+
+    def counters(self, child_id: int) -> ChildCounters:
+        rec = self._children.get(child_id)
+        if rec is None:
+            raise DataPlaneError(f"no child SA {child_id} is installed")
+        o, i = rec.out.sa, rec.inn.sa
+        total = o.packets + i.packets
+        if total != rec.last_packets:  # traffic since the last look: it was used by now at the latest
+            rec.last_packets, rec.last_used = total, time.monotonic()
+        return ChildCounters(i.bytes, o.bytes, i.packets, o.packets, rec.inn.dropped, rec.last_used)
+
+    def _arm_timer(self, rec: _Child, sa: EspSa) -> None:
+        assert self._loop is not None
+        when = sa.next_time_limit()
+        if when is not None:
+            rec.timers.append(self._loop.call_at(when, self._time_limit, rec, sa))
+
+    def _time_limit(self, rec: _Child, sa: EspSa) -> None:
+        assert self._loop is not None
+        kind = sa.check_time(self._loop.time())
+        if kind is not None:
+            # the inbound SA of the child shares the lifetime; end both together
+            other = rec.inn.sa if sa is rec.out.sa else rec.out.sa
+            other.check_time(self._loop.time())
+        self._arm_timer(rec, sa)
+
+    def _limit(self, child_id: int, kind: str) -> None:
+        rec = self._children.get(child_id)
+        if rec is None or kind in rec.fired:
+            return
+        rec.fired.add(kind)
+        log.info("child SA %d reached its %s lifetime", child_id, kind)
+        if self._expiry_cb is not None:
+            try:
+                self._expiry_cb(child_id, kind)
+            except Exception:
+                log.exception("expiry callback failed for child SA %d", child_id)
+
+    # -- hot paths ---------------------------------------------------------------------------------
+
+    def _on_tun(self) -> None:
+        fd = self._tun_fd
+        read = os.read
+        lookup = self._spd.lookup
+        for _ in range(BATCH):
+            try:
+                pkt = read(fd, 65536)
+            except BlockingIOError:
+                return
+            except OSError as e:
+                self._rate_log("reading %s failed: %s", self.tun_name, e)
+                return
+            out = lookup(pkt)
+            if out is None:
+                self.no_policy += 1
+                continue
+            try:
+                esp = out.sa.encapsulate(pkt, NH_IPV4 if pkt[0] >> 4 == 4 else NH_IPV6)
+            except SaExpiredError:
+                continue
+            try:
+                out.send(esp)
+            except OSError:
+                self.send_errors += 1  # full socket buffer or unreachable: drop, as a router would
+
+    def _on_udp(self, sock: socket.socket, local: Address, on_ike: IkeHandler) -> None:
+        recvfrom = sock.recvfrom
+        esp_in = self._esp_in
+        for _ in range(BATCH):
+            try:
+                data, addr = recvfrom(65536)
+            except BlockingIOError:
+                return
+            except OSError as e:  # ICMP errors surface here on UDP sockets; keep reading
+                self._rate_log("port 4500 socket: %s", e)
+                continue
+            if len(data) > 8 and data[:4] != b"\0\0\0\0":
+                esp_in(data)
+            else:
+                try:
+                    on_ike(data, local, (addr[0], addr[1]))
+                except Exception:
+                    log.exception("IKE handler failed on a datagram from %s", addr[0])
+
+    def _on_raw(self, sock: socket.socket, v4: bool) -> None:
+        esp_in = self._esp_in
+        for _ in range(BATCH):
+            try:
+                data = sock.recv(65536)
+            except BlockingIOError:
+                return
+            except OSError:
+                continue
+            # IPv4 raw sockets deliver the IP header too; IPv6 ones do not
+            esp_in(memoryview(data)[(data[0] & 0x0F) * 4 :] if v4 else data)
+
+    def _esp_in(self, data: bytes | memoryview) -> None:
+        if len(data) < 8:
+            return
+        inn = self._in.get(int.from_bytes(data[:4], "big"))
+        if inn is None:
+            self.unknown_spi += 1
+            return
+        try:
+            nh, inner = inn.sa.decapsulate(data)
+        except EspError as e:
+            inn.dropped += 1
+            self._rate_log("child SA %d: dropped inbound ESP: %s", inn.child_id, e)
+            return
+        if nh == 59:  # RFC 4303 dummy packet
+            return
+        if not inner or (inner[0] >> 4) != (4 if nh == NH_IPV4 else 6 if nh == NH_IPV6 else 0):
+            inn.dropped += 1
+            self._rate_log("child SA %d: dropped inbound ESP with next header %d (tunnel mode carries IP)", inn.child_id, nh)
+            return
+        if not inn.selectors.allows(inner):
+            inn.dropped += 1
+            self._rate_log("child SA %d: dropped a decrypted packet outside the negotiated selectors", inn.child_id)
+            return
+        try:
+            os.write(self._tun_fd, inner)
+        except OSError:
+            self.send_errors += 1
+
+    def _rate_log(self, msg: str, *args: object) -> None:
+        now = time.monotonic()
+        if now - self._last_err_log >= 1.0:
+            self._last_err_log = now
+            log.warning(msg, *args)
