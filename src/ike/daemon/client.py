@@ -1,0 +1,80 @@
+"""The `ike` side of the control socket (blocking; `ike` is a short-lived command)."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+from ike import paths
+
+
+class ClientError(Exception):
+    """Talking to iked failed; the message says why and what to do."""
+
+
+class NotRoot(ClientError):
+    pass
+
+
+class DaemonNotRunning(ClientError):
+    pass
+
+
+class DaemonError(ClientError):
+    """iked answered with an error."""
+
+
+def request(op: str, args: dict[str, Any] | None = None, timeout: float | None = 30.0, path: Path | None = None) -> Any:
+    """Send one request and return the daemon's `result`; raise a ClientError otherwise."""
+    sock_path = path or paths.control_socket()
+    if os.geteuid() != 0:
+        raise NotRoot("ike: you must be root to control active tunnels (try sudo)")
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.settimeout(5.0)
+        try:
+            s.connect(str(sock_path))
+        except FileNotFoundError:
+            raise DaemonNotRunning(
+                f"ike: the tunnel manager iked is not running (no control socket at {sock_path}); "
+                "start it with 'systemctl start iked' or run 'iked'"
+            ) from None
+        except ConnectionRefusedError:
+            raise DaemonNotRunning(
+                f"ike: the tunnel manager iked is not running (stale control socket {sock_path}); "
+                "start it with 'systemctl start iked' or run 'iked'"
+            ) from None
+        except PermissionError:
+            raise NotRoot(f"ike: permission denied on {sock_path}; you must be root") from None
+        except OSError as e:
+            raise DaemonNotRunning(f"ike: cannot reach iked at {sock_path}: {e.strerror}") from None
+        s.settimeout(timeout)
+        s.sendall(json.dumps({"op": op, "args": args or {}}).encode() + b"\n")
+        buf = b""
+        while not buf.endswith(b"\n"):
+            try:
+                chunk = s.recv(65536)
+            except TimeoutError:
+                raise ClientError(f"ike: iked did not answer within {timeout:.0f} s") from None
+            except OSError as e:
+                if e.errno == errno.ECONNRESET:
+                    raise ClientError("ike: iked closed the connection (did it stop?)") from None
+                raise ClientError(f"ike: reading from iked failed: {e.strerror}") from None
+            if not chunk:
+                raise ClientError("ike: iked closed the connection without answering (did it stop?)")
+            buf += chunk
+    finally:
+        s.close()
+    try:
+        reply = json.loads(buf)
+    except ValueError:
+        raise ClientError("ike: iked sent a reply that is not JSON") from None
+    if not isinstance(reply, dict):
+        raise ClientError("ike: iked sent a malformed reply")
+    if not reply.get("ok"):
+        raise DaemonError(f"ike: {reply.get('error', 'iked refused the request')}")
+    return reply.get("result")

@@ -1,0 +1,1151 @@
+"""The tunnel manager: drives the sans-IO engines and keeps the active-tunnel table.
+
+- Engines are found by our SPI (`by_spi`, a dict) or, for a new negotiation's first message, by
+  (peer address, peer SPI) (`half_open`); never by scanning.
+- Each engine has at most one pending loop.call_at for its own deadline; asyncio's heap orders them.
+- Events become table updates and data plane calls. The data plane sees child SAs under a
+  daemon-wide id (engines number their children locally, so two engines can both have child 1).
+- Active tunnels are numbered by the manager, phase 1 and phase 2 separately, initiator and
+  responder alike (the AIX manual: these numbers are not the database's), and never reused while
+  the daemon runs, so a number in a script cannot silently come to mean another tunnel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import socket
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from ike.daemon.policies import ActivationTarget, IndexedPolicies
+from ike.policy import DpdAction, Phase1Tunnel, Phase2Tunnel, TrafficSelector
+from ike.proto.api import (
+    Address,
+    ChildSaDeleted,
+    ChildSaEstablished,
+    Datagram,
+    Demux,
+    Engine,
+    Event,
+    IkeSaDeleted,
+    IkeSaEstablished,
+    NegotiationFailed,
+    PacketDropped,
+    Role,
+    SpiAdded,
+    SpiRemoved,
+)
+
+log = logging.getLogger("ike.daemon.manager")
+
+MAX_DEAD_ENTRIES = 200  # failed/expired tunnels kept for `ike cmd=list` until removed
+HALF_OPEN_TIMEOUT_S = 60.0  # a responder that is not established by then is dropped
+RESTART_DELAY_S = 2.0
+
+
+class EngineFactory(Protocol):
+    """How the manager makes engines; ike.daemon.engines adapts the real IKEv1/IKEv2 engines."""
+
+    def demux(self, data: bytes) -> Demux | None: ...
+
+    def initiate(
+        self, phase1: Phase1Tunnel, phase2: Phase2Tunnel | None, local: Address, remote: Address, now: float
+    ) -> tuple[Engine, bool]:
+        """A new initiating engine; the bool says whether `phase2` was taken into the first exchange
+        (IKEv2 IKE_AUTH carries the first child); otherwise the manager calls start_child later."""
+        ...
+
+    def respond(self, version: int, dg: Datagram, now: float) -> Engine | None: ...
+
+
+class DataPlane(Protocol):
+    def install(self, child: ChildSaEstablished) -> None: ...
+
+    def remove(self, child_id: int) -> None: ...
+
+    def counters(self, child_id: int) -> Any: ...
+
+
+class ManagerError(ValueError):
+    """A request that names something that does not exist; goes back to `ike` as is."""
+
+
+# --- the active-tunnel table ----------------------------------------------------------------------
+
+LIVE = ("negotiating", "established")
+
+
+@dataclass
+class P1Entry:
+    number: int
+    role: Role
+    definition: Phase1Tunnel | None
+    local: Address
+    remote: Address
+    version: int
+    state: str = "negotiating"  # negotiating | established | failed | deleted | expired
+    slot: Slot | None = None
+    sa_id: int | None = None
+    local_id: str = ""
+    remote_id: str = ""
+    proposal: str = ""
+    spi_i: str = ""
+    spi_r: str = ""
+    lifetime_s: int = 0
+    established_at: float | None = None  # loop time
+    established_wall: float | None = None
+    nat_local: bool = False
+    nat_remote: bool = False
+    rekeys: int = 0
+    last_error: str | None = None
+    offered: tuple[str, ...] = ()
+    peer_offered: tuple[str, ...] = ()
+    notify: str | None = None
+    children: dict[int, P2Entry] = field(default_factory=dict)
+    waiters: list[asyncio.Future[None]] = field(default_factory=list)
+    removing: bool = False
+
+    @property
+    def live(self) -> bool:
+        return self.state in LIVE
+
+
+@dataclass
+class P2Entry:
+    number: int
+    role: Role
+    definition: Phase2Tunnel | None
+    p1: P1Entry | None
+    state: str = "negotiating"
+    slot: Slot | None = None
+    child_id: int | None = None
+    dp_id: int | None = None
+    retiring: dict[int, int | None] = field(default_factory=dict)  # old child_id -> its dp id
+    protocol: str = ""
+    mode: str = ""
+    proposal: str = ""
+    pfs_group: int = 0
+    spi_in: str = ""
+    spi_out: str = ""
+    local_ts: tuple[str, ...] = ()
+    remote_ts: tuple[str, ...] = ()
+    local: Address | None = None
+    remote: Address | None = None
+    udp_encap: bool = False
+    lifetime_s: int = 0
+    lifetime_kb: int = 0
+    established_at: float | None = None
+    established_wall: float | None = None
+    rekeys: int = 0
+    refresh: bool = True  # False once its phase 1 is removed: it runs until it expires
+    last_error: str | None = None
+    offered: tuple[str, ...] = ()
+    peer_offered: tuple[str, ...] = ()
+    notify: str | None = None
+    waiters: list[asyncio.Future[None]] = field(default_factory=list)
+    removing: bool = False
+
+    @property
+    def live(self) -> bool:
+        return self.state in LIVE
+
+
+@dataclass(eq=False)
+class Slot:
+    """One engine and the daemon's bookkeeping around it."""
+
+    id: int
+    engine: Engine
+    version: int
+    role: Role
+    remote: Address
+    ike_alive: bool = True
+    spis: set[bytes] = field(default_factory=set)
+    half_open_key: tuple[Address, bytes] | None = None
+    timer: asyncio.TimerHandle | None = None
+    deadline: float | None = None
+    p1_pending: P1Entry | None = None
+    p1_by_sa: dict[int, P1Entry] = field(default_factory=dict)
+    p2_pending: dict[int, list[P2Entry]] = field(default_factory=dict)
+    p2_by_child: dict[int, P2Entry] = field(default_factory=dict)
+    queued_children: list[Phase2Tunnel] = field(default_factory=list)
+    dead: bool = False
+    pumping: bool = False
+
+
+@dataclass
+class Stats:
+    datagrams_in: int = 0
+    datagrams_unmatched: int = 0
+    packets_dropped: int = 0
+    engine_errors: int = 0
+
+
+# --- the manager -----------------------------------------------------------------------------------
+
+
+class TunnelManager:
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        policies: IndexedPolicies,
+        factory: EngineFactory,
+        send: Callable[[Datagram], None],
+        dataplane: DataPlane | None = None,
+        policy_loader: Callable[[], IndexedPolicies] | None = None,
+    ) -> None:
+        self.loop = loop
+        self.policies = policies
+        self.factory = factory
+        self.send = send
+        self.dataplane = dataplane
+        self.policy_loader = policy_loader
+        self.stats = Stats()
+        self.by_spi: dict[bytes, Slot] = {}
+        self.half_open: dict[tuple[Address, bytes], Slot] = {}
+        self.slots: dict[int, Slot] = {}
+        self.p1: dict[int, P1Entry] = {}
+        self.p2: dict[int, P2Entry] = {}
+        self.p1_live_by_def: dict[int, P1Entry] = {}
+        self.p2_live_by_def: dict[int, P2Entry] = {}
+        self.p2_by_dp: dict[int, P2Entry] = {}
+        self._next_slot = 1
+        self._next_p1 = 1
+        self._next_p2 = 1
+        self._next_dp = 1
+        self._closing = False
+
+    def now(self) -> float:
+        return self.loop.time()
+
+    def reload_policies(self) -> None:
+        if self.policy_loader is not None:
+            self.policies = self.policy_loader()
+
+    # --- datagrams in ---------------------------------------------------------------------------
+
+    def receive(self, data: bytes, local: Address, remote: Address) -> None:
+        """An IKE message (marker already stripped) from the UDP layer."""
+        self.stats.datagrams_in += 1
+        try:
+            dmx = self.factory.demux(data)
+        except Exception:
+            log.exception("demultiplexing a datagram from %s failed", remote[0])
+            dmx = None
+        if dmx is None:
+            self.stats.datagrams_unmatched += 1
+            log.debug("dropped %d bytes from %s:%d: not an IKE message we understand", len(data), *remote)
+            return
+        dg = Datagram(data, local, remote)
+        slot: Slot | None = None
+        if dmx.our_spi is not None:
+            slot = self.by_spi.get(dmx.our_spi)
+        if slot is None:
+            slot = self.half_open.get((remote, dmx.peer_spi))
+        if slot is None:
+            if dmx.our_spi is not None and any(dmx.our_spi):
+                self.stats.datagrams_unmatched += 1
+                log.debug("dropped a message from %s for an SA we do not have", remote[0])
+                return
+            slot = self._new_responder(dmx, dg)
+            if slot is None:
+                return
+        self._call(slot, lambda e: e.receive_datagram(dg, self.now()))
+
+    def _new_responder(self, dmx: Demux, dg: Datagram) -> Slot | None:
+        if self._closing:
+            return None
+        try:
+            engine = self.factory.respond(dmx.version, dg, self.now())
+        except Exception:
+            self.stats.engine_errors += 1
+            log.exception("creating a responder for %s failed", dg.remote[0])
+            return None
+        if engine is None:
+            self.stats.datagrams_unmatched += 1
+            return None
+        slot = self._add_slot(engine, dmx.version, Role.RESPONDER, dg.remote)
+        slot.half_open_key = (dg.remote, dmx.peer_spi)
+        self.half_open[slot.half_open_key] = slot
+        self.loop.call_later(HALF_OPEN_TIMEOUT_S, self._half_open_expired, slot)
+        return slot
+
+    def _half_open_expired(self, slot: Slot) -> None:
+        if slot.dead or slot.p1_by_sa:
+            return
+        log.info("negotiation from %s did not complete within %.0f s; dropped", slot.remote[0], HALF_OPEN_TIMEOUT_S)
+        self._drop_slot(slot, "negotiation did not complete")
+
+    def _add_slot(self, engine: Engine, version: int, role: Role, remote: Address) -> Slot:
+        slot = Slot(self._next_slot, engine, version, role, remote)
+        self._next_slot += 1
+        self.slots[slot.id] = slot
+        return slot
+
+    # --- driving engines ------------------------------------------------------------------------
+
+    def _call(self, slot: Slot, fn: Callable[[Engine], None]) -> None:
+        if slot.dead:
+            return
+        try:
+            fn(slot.engine)
+        except Exception as e:
+            # The contract says nothing raises out of an engine; if something does, this one
+            # association ends and everything else goes on.
+            self.stats.engine_errors += 1
+            log.exception("IKE engine for %s failed", slot.remote[0])
+            self._engine_failed(slot, f"internal error in the IKE engine: {e}")
+            return
+        self._pump(slot)
+
+    def _pump(self, slot: Slot) -> None:
+        if slot.pumping or slot.dead:
+            return
+        slot.pumping = True
+        try:
+            for _ in range(1000):  # events can cause calls that make more output
+                progressed = False
+                for dg in slot.engine.datagrams_to_send():
+                    progressed = True
+                    self.send(dg)
+                while (ev := slot.engine.next_event()) is not None:
+                    progressed = True
+                    self._on_event(slot, ev)
+                    if slot.dead:
+                        return
+                if not progressed:
+                    break
+        except Exception as e:
+            self.stats.engine_errors += 1
+            log.exception("handling output of the IKE engine for %s failed", slot.remote[0])
+            slot.pumping = False
+            self._engine_failed(slot, f"internal error: {e}")
+            return
+        finally:
+            slot.pumping = False
+        if self._finished(slot):
+            self._drop_slot(slot, None)
+        else:
+            self._schedule(slot)
+
+    def _schedule(self, slot: Slot) -> None:
+        try:
+            deadline = slot.engine.get_timer()
+        except Exception:
+            deadline = None
+        if deadline == slot.deadline and (slot.timer is not None or deadline is None):
+            return
+        if slot.timer is not None:
+            slot.timer.cancel()
+            slot.timer = None
+        slot.deadline = deadline
+        if deadline is not None:
+            slot.timer = self.loop.call_at(max(deadline, self.now()), self._timer_fired, slot)
+
+    def _timer_fired(self, slot: Slot) -> None:
+        slot.timer = None
+        slot.deadline = None
+        self._call(slot, lambda e: e.handle_timer(self.now()))
+
+    def _finished(self, slot: Slot) -> bool:
+        if slot.ike_alive:
+            return False
+        return not any(e.live for e in slot.p2_by_child.values()) and not any(slot.p2_pending.values())
+
+    def _drop_slot(self, slot: Slot, reason: str | None) -> None:
+        if slot.dead:
+            return
+        slot.dead = True
+        if slot.timer is not None:
+            slot.timer.cancel()
+        for spi in slot.spis:
+            if self.by_spi.get(spi) is slot:
+                del self.by_spi[spi]
+        if slot.half_open_key is not None and self.half_open.get(slot.half_open_key) is slot:
+            del self.half_open[slot.half_open_key]
+        self.slots.pop(slot.id, None)
+        why = reason or "IKE association ended"
+        if slot.p1_pending is not None:
+            self._p1_fail(slot.p1_pending, why)
+        for entries in slot.p2_pending.values():
+            for p2e in entries:
+                self._p2_fail(p2e, why)
+        slot.p2_pending.clear()
+        for p2e in list(slot.p2_by_child.values()):
+            if p2e.live:
+                self._p2_gone(p2e, why)
+        for p1e in slot.p1_by_sa.values():
+            if p1e.live:
+                self._p1_gone(p1e, why)
+
+    def _engine_failed(self, slot: Slot, reason: str) -> None:
+        self._drop_slot(slot, reason)
+
+    # --- events ---------------------------------------------------------------------------------
+
+    def _on_event(self, slot: Slot, ev: Event) -> None:
+        if isinstance(ev, SpiAdded):
+            slot.spis.add(ev.spi)
+            self.by_spi[ev.spi] = slot
+        elif isinstance(ev, SpiRemoved):
+            slot.spis.discard(ev.spi)
+            if self.by_spi.get(ev.spi) is slot:
+                del self.by_spi[ev.spi]
+        elif isinstance(ev, IkeSaEstablished):
+            self._on_ike_up(slot, ev)
+        elif isinstance(ev, IkeSaDeleted):
+            self._on_ike_down(slot, ev)
+        elif isinstance(ev, ChildSaEstablished):
+            self._on_child_up(slot, ev)
+        elif isinstance(ev, ChildSaDeleted):
+            self._on_child_down(slot, ev)
+        elif isinstance(ev, NegotiationFailed):
+            self._on_failed(slot, ev)
+        elif isinstance(ev, PacketDropped):
+            self.stats.packets_dropped += 1
+            log.debug("dropped a message from %s: %s", ev.remote[0], ev.reason)
+
+    def _on_ike_up(self, slot: Slot, ev: IkeSaEstablished) -> None:
+        now = self.now()
+        entry: P1Entry | None = None
+        if ev.rekey_of is not None:
+            entry = slot.p1_by_sa.get(ev.rekey_of)
+            if entry is not None:
+                entry.rekeys += 1
+        if entry is None and slot.p1_pending is not None:
+            entry = slot.p1_pending
+            slot.p1_pending = None
+        if entry is None:
+            entry = self._new_p1(ev.role, ev.phase1, ev.local, ev.remote, ev.version, slot)
+        entry.slot = slot
+        entry.sa_id = ev.sa_id
+        entry.state = "established"
+        entry.definition = ev.phase1
+        entry.local, entry.remote = ev.local, ev.remote
+        entry.local_id, entry.remote_id = str(ev.local_id), str(ev.remote_id)
+        entry.proposal = str(ev.proposal)
+        entry.spi_i, entry.spi_r = ev.spi_i.hex(), ev.spi_r.hex()
+        entry.lifetime_s = ev.lifetime_s
+        entry.established_at, entry.established_wall = now, time.time()
+        entry.nat_local, entry.nat_remote = ev.nat_local, ev.nat_remote
+        entry.last_error = None
+        slot.p1_by_sa[ev.sa_id] = entry
+        slot.remote = ev.remote
+        if ev.phase1 is not None and ev.phase1.number not in self.p1_live_by_def:
+            self.p1_live_by_def[ev.phase1.number] = entry
+        if slot.half_open_key is not None:
+            self.half_open.pop(slot.half_open_key, None)
+            slot.half_open_key = None
+        _resolve(entry.waiters)
+        verb = "rekeyed" if ev.rekey_of is not None else "established"
+        log.info(
+            "phase 1 tunnel %d %s: IKEv%d %s %s[%s] <-> %s[%s] %s",
+            entry.number,
+            verb,
+            ev.version,
+            "initiator" if ev.role is Role.INITIATOR else "responder",
+            ev.local[0],
+            entry.local_id,
+            ev.remote[0],
+            entry.remote_id,
+            entry.proposal,
+        )
+        queued, slot.queued_children = slot.queued_children, []
+        now = self.now()
+        for p2 in queued:
+            self._call_nopump(slot, _start_child(p2, now))
+
+    def _call_nopump(self, slot: Slot, fn: Callable[[Engine], None]) -> None:
+        """An engine call made while pumping that slot (the pump loop collects its output)."""
+        try:
+            fn(slot.engine)
+        except Exception as e:
+            self.stats.engine_errors += 1
+            log.exception("IKE engine for %s failed", slot.remote[0])
+            raise RuntimeError(str(e)) from e
+
+    def _on_ike_down(self, slot: Slot, ev: IkeSaDeleted) -> None:
+        entry = slot.p1_by_sa.pop(ev.sa_id, None)
+        if entry is None or (entry.sa_id != ev.sa_id and entry.live):
+            return  # an SA that was rekeyed away; the tunnel goes on under its successor
+        reason = ev.reason
+        slot.ike_alive = False
+        if slot.version == 2:
+            # RFC 7296 §1.4.1: child SAs cannot outlive their IKE SA.
+            for p2e in list(entry.children.values()):
+                if p2e.live and p2e.slot is slot:
+                    p2e.removing = p2e.removing or entry.removing
+                    if p2e.child_id is not None:
+                        slot.p2_by_child.pop(p2e.child_id, None)
+                    self._p2_gone(p2e, f"its IKE SA ended ({reason})")
+        else:
+            # IKEv1 / AIX: phase 2 SAs run on until they expire, and are not refreshed.
+            for p2e in entry.children.values():
+                p2e.refresh = False
+        self._p1_gone(entry, reason)
+        if (
+            not entry.removing
+            and not self._closing
+            and entry.definition is not None
+            and entry.definition.policy.dpd_action is DpdAction.RESTART
+            and ("DPD" in reason or "unreachable" in reason)
+        ):
+            target = ActivationTarget(entry.definition, [c.definition for c in entry.children.values() if c.definition])
+            log.info("phase 1 tunnel %d: peer unreachable, restarting in %.0f s", entry.number, RESTART_DELAY_S)
+            self.loop.call_later(RESTART_DELAY_S, self._restart, target)
+
+    def _restart(self, target: ActivationTarget) -> None:
+        if not self._closing:
+            self.activate([target], None)
+
+    def _on_child_up(self, slot: Slot, ev: ChildSaEstablished) -> None:
+        now = self.now()
+        entry: P2Entry | None = None
+        if ev.rekey_of is not None:
+            entry = slot.p2_by_child.get(ev.rekey_of)
+            if entry is not None:
+                entry.retiring[ev.rekey_of] = entry.dp_id
+                entry.rekeys += 1
+        if entry is None:
+            pending = slot.p2_pending.get(ev.phase2.number)
+            if pending:
+                entry = pending.pop(0)
+                if not pending:
+                    del slot.p2_pending[ev.phase2.number]
+        p1e = slot.p1_by_sa.get(ev.sa_id)
+        if entry is None:
+            entry = self._new_p2(ev.role, ev.phase2, p1e, slot)
+        if entry.p1 is None and p1e is not None:
+            entry.p1 = p1e
+            p1e.children[entry.number] = entry
+        entry.slot = slot
+        entry.child_id = ev.child_id
+        entry.definition = ev.phase2
+        entry.state = "established"
+        entry.protocol, entry.mode = ev.protocol, ev.mode
+        entry.proposal = str(ev.proposal)
+        entry.pfs_group = ev.pfs_group
+        entry.spi_in, entry.spi_out = ev.inbound.spi.hex(), ev.outbound.spi.hex()
+        entry.local_ts = tuple(str(t) for t in ev.local_ts)
+        entry.remote_ts = tuple(str(t) for t in ev.remote_ts)
+        entry.local, entry.remote = ev.local, ev.remote
+        entry.udp_encap = ev.udp_encap
+        entry.lifetime_s, entry.lifetime_kb = ev.lifetime_s, ev.lifetime_kb
+        entry.established_at, entry.established_wall = now, time.time()
+        entry.last_error = None
+        slot.p2_by_child[ev.child_id] = entry
+        if ev.phase2.number not in self.p2_live_by_def:
+            self.p2_live_by_def[ev.phase2.number] = entry
+        entry.dp_id = None
+        if self.dataplane is not None:
+            dp_id = self._next_dp
+            self._next_dp += 1
+            try:
+                self.dataplane.install(dataclasses.replace(ev, child_id=dp_id))
+            except Exception as e:
+                log.error("phase 2 tunnel %d: the data plane refused the SA: %s", entry.number, e)
+                entry.last_error = f"data plane refused the SA: {e}"
+                self._call_nopump(slot, lambda eng: eng.delete_child(ev.child_id, self.now()))
+            else:
+                entry.dp_id = dp_id
+                self.p2_by_dp[dp_id] = entry
+        _resolve(entry.waiters)
+        log.info(
+            "phase 2 tunnel %d %s: %s %s %s <-> %s, SPIs in %s out %s, %s%s",
+            entry.number,
+            "rekeyed" if ev.rekey_of is not None else "established",
+            ev.protocol.upper(),
+            ev.mode,
+            ", ".join(entry.local_ts),
+            ", ".join(entry.remote_ts),
+            entry.spi_in,
+            entry.spi_out,
+            entry.proposal,
+            ", UDP-encapsulated" if ev.udp_encap else "",
+        )
+
+    def _on_child_down(self, slot: Slot, ev: ChildSaDeleted) -> None:
+        entry = slot.p2_by_child.pop(ev.child_id, None)
+        if entry is None:
+            return
+        if ev.child_id in entry.retiring:
+            self._dp_remove(entry.retiring.pop(ev.child_id))
+            return
+        if ev.child_id == entry.child_id:
+            self._p2_gone(entry, ev.reason)
+
+    def _on_failed(self, slot: Slot, ev: NegotiationFailed) -> None:
+        detail = dict(offered=ev.offered, peer_offered=ev.peer_offered, notify=ev.notify)
+        if ev.phase == 1:
+            entry = slot.p1_pending
+            slot.p1_pending = None
+            if entry is None:
+                entry = self._new_p1(slot.role, ev.phase1, slot.remote, slot.remote, slot.version, slot)
+            self._p1_fail(entry, ev.reason, **detail)
+            slot.ike_alive = bool(slot.p1_by_sa)
+            for entries in slot.p2_pending.values():
+                for waiting in entries:
+                    self._p2_fail(waiting, f"phase 1 failed: {ev.reason}")
+            slot.p2_pending.clear()
+            if not slot.ike_alive:
+                slot.queued_children.clear()
+            return
+        p2e: P2Entry | None = None
+        if ev.phase2 is not None:
+            pending = slot.p2_pending.get(ev.phase2.number)
+            if pending:
+                p2e = pending.pop(0)
+                if not pending:
+                    del slot.p2_pending[ev.phase2.number]
+        elif slot.p2_pending:
+            # The engine could not say which definition; the oldest outstanding request failed.
+            num = next(iter(slot.p2_pending))
+            p2e = slot.p2_pending[num].pop(0)
+            if not slot.p2_pending[num]:
+                del slot.p2_pending[num]
+        if p2e is None:
+            p1e = next(iter(slot.p1_by_sa.values()), None)
+            p2e = self._new_p2(slot.role, ev.phase2, p1e, slot)
+        self._p2_fail(p2e, ev.reason, **detail)
+
+    # --- entry lifecycle ------------------------------------------------------------------------
+
+    def _new_p1(
+        self, role: Role, definition: Phase1Tunnel | None, local: Address, remote: Address, version: int, slot: Slot
+    ) -> P1Entry:
+        e = P1Entry(self._next_p1, role, definition, local, remote, version, slot=slot)
+        self._next_p1 += 1
+        self.p1[e.number] = e
+        self._prune()
+        return e
+
+    def _new_p2(self, role: Role, definition: Phase2Tunnel | None, p1: P1Entry | None, slot: Slot) -> P2Entry:
+        e = P2Entry(self._next_p2, role, definition, p1, slot=slot)
+        self._next_p2 += 1
+        self.p2[e.number] = e
+        if p1 is not None:
+            p1.children[e.number] = e
+        self._prune()
+        return e
+
+    def _p1_fail(self, e: P1Entry, reason: str, **detail: Any) -> None:
+        e.state = "failed"
+        e.last_error = reason
+        e.offered = tuple(detail.get("offered") or ())
+        e.peer_offered = tuple(detail.get("peer_offered") or ())
+        e.notify = detail.get("notify")
+        self._unlive_p1(e)
+        log.error("phase 1 tunnel %d to %s failed: %s", e.number, e.remote[0], reason)
+        for line in e.offered:
+            log.info("phase 1 tunnel %d: we offered %s", e.number, line)
+        for line in e.peer_offered:
+            log.info("phase 1 tunnel %d: peer offered %s", e.number, line)
+        _resolve(e.waiters)
+
+    def _p1_gone(self, e: P1Entry, reason: str) -> None:
+        e.state = "expired" if "expire" in reason else "deleted"
+        if e.state == "deleted" and not e.removing:
+            e.last_error = reason
+        self._unlive_p1(e)
+        log.info("phase 1 tunnel %d to %s ended: %s", e.number, e.remote[0], reason)
+        _resolve(e.waiters)
+        if e.removing:
+            self._forget_p1(e)
+
+    def _unlive_p1(self, e: P1Entry) -> None:
+        if e.definition is not None and self.p1_live_by_def.get(e.definition.number) is e:
+            del self.p1_live_by_def[e.definition.number]
+
+    def _p2_fail(self, e: P2Entry, reason: str, **detail: Any) -> None:
+        e.state = "failed"
+        e.last_error = reason
+        e.offered = tuple(detail.get("offered") or ())
+        e.peer_offered = tuple(detail.get("peer_offered") or ())
+        e.notify = detail.get("notify")
+        self._unlive_p2(e)
+        log.error("phase 2 tunnel %d failed: %s", e.number, reason)
+        for line in e.offered:
+            log.info("phase 2 tunnel %d: we offered %s", e.number, line)
+        for line in e.peer_offered:
+            log.info("phase 2 tunnel %d: peer offered %s", e.number, line)
+        _resolve(e.waiters)
+
+    def _p2_gone(self, e: P2Entry, reason: str) -> None:
+        e.state = "expired" if "expire" in reason else "deleted"
+        if e.state == "deleted" and not e.removing:
+            e.last_error = reason
+        self._dp_remove(e.dp_id)
+        e.dp_id = None
+        for old in list(e.retiring.values()):
+            self._dp_remove(old)
+        e.retiring.clear()
+        self._unlive_p2(e)
+        log.info("phase 2 tunnel %d ended: %s", e.number, reason)
+        _resolve(e.waiters)
+        if e.removing:
+            self._forget_p2(e)
+
+    def _unlive_p2(self, e: P2Entry) -> None:
+        if e.definition is not None and self.p2_live_by_def.get(e.definition.number) is e:
+            del self.p2_live_by_def[e.definition.number]
+
+    def _dp_remove(self, dp_id: int | None) -> None:
+        if dp_id is None:
+            return
+        self.p2_by_dp.pop(dp_id, None)
+        if self.dataplane is not None:
+            try:
+                self.dataplane.remove(dp_id)
+            except Exception as e:
+                log.error("the data plane failed to remove SA %d: %s", dp_id, e)
+
+    def _forget_p1(self, e: P1Entry) -> None:
+        self.p1.pop(e.number, None)
+
+    def _forget_p2(self, e: P2Entry) -> None:
+        self.p2.pop(e.number, None)
+        if e.p1 is not None:
+            e.p1.children.pop(e.number, None)
+
+    def _prune(self) -> None:
+        """Keep at most MAX_DEAD_ENTRIES dead tunnels per phase (oldest go first): a peer sending
+        garbage must not grow the table without bound."""
+        dead1 = [e for e in self.p1.values() if not e.live]
+        for e1 in dead1[: max(0, len(dead1) - MAX_DEAD_ENTRIES)]:
+            self._forget_p1(e1)
+        dead2 = [e for e in self.p2.values() if not e.live]
+        for e2 in dead2[: max(0, len(dead2) - MAX_DEAD_ENTRIES)]:
+            self._forget_p2(e2)
+
+    # --- data plane callbacks -------------------------------------------------------------------
+
+    def on_dataplane_expire(self, dp_id: int, hard: bool) -> None:
+        """The data plane says an SA reached its soft (rekey now) or hard (gone) lifetime."""
+        entry = self.p2_by_dp.get(dp_id)
+        if entry is None or entry.slot is None or entry.child_id is None:
+            return
+        slot, child_id = entry.slot, entry.child_id
+        if hard:
+            self._p2_gone(entry, "expired (lifetime reached)")
+            slot.p2_by_child.pop(child_id, None)
+            self._call(slot, lambda e: e.delete_child(child_id, self.now()))
+        elif entry.refresh and entry.live and entry.dp_id == dp_id and slot.ike_alive:
+            log.info("phase 2 tunnel %d: lifetime nearly used, rekeying", entry.number)
+            self._call(slot, lambda e: e.rekey_child(child_id, self.now()))
+
+    # --- what `ike` asks for --------------------------------------------------------------------
+
+    def activate(self, targets: Iterable[ActivationTarget], phase: int | None) -> list[dict[str, Any]]:
+        """Start what `targets` name; phase 1 only for phase=1. Returns one result per tunnel."""
+        results: list[dict[str, Any]] = []
+        for t in targets:
+            first = None if phase == 1 else (t.phase2[0] if t.phase2 else None)
+            p1e, existed, msg, took = self._ensure_phase1(t.phase1, first)
+            r1 = _result(1, t.phase1.number, t.phase1.name, p1e, "exists" if existed else msg or "started")
+            results.append(r1)
+            if phase == 1:
+                continue
+            for p2 in t.phase2:
+                if took is not None and p2 is first:
+                    results.append(_result(2, p2.number, p2.name, took, "started"))
+                    continue
+                if p1e is None or not p1e.live:
+                    results.append(
+                        {
+                            "phase": 2,
+                            "db": p2.number,
+                            "name": p2.name,
+                            "tunnel": None,
+                            "status": "failed",
+                            "message": f"phase 1 tunnel {t.phase1.name} could not be started"
+                            + (f": {p1e.last_error}" if p1e is not None and p1e.last_error else ""),
+                        }
+                    )
+                    continue
+                p2e, existed2 = self._ensure_phase2(p1e, p2)
+                results.append(_result(2, p2.number, p2.name, p2e, "exists" if existed2 else "started"))
+        return results
+
+    def _ensure_phase1(
+        self, p1: Phase1Tunnel, child: Phase2Tunnel | None
+    ) -> tuple[P1Entry | None, bool, str | None, P2Entry | None]:
+        """The live phase 1 for `p1`, or a new initiator; also the phase 2 entry for `child` when
+        the engine took it into its first exchange."""
+        live = self.p1_live_by_def.get(p1.number)
+        if live is not None and live.slot is not None and not live.slot.dead:
+            return live, True, None, None
+        remote_ip = p1.remote_addr.strip()
+        if remote_ip in ("", "0.0.0.0", "::"):  # noqa: S104
+            e = self._dead_p1(p1, f"phase 1 tunnel {p1.name} has no remote address: it can only respond")
+            return e, False, "failed", None
+        local_ip = _local_for(p1.local_addr, remote_ip)
+        local, remote = (local_ip, 500), (remote_ip, 500)
+        if child is not None and self.p2_live_by_def.get(child.number) is not None:
+            child = None  # already up (e.g. under a responder SA); nothing to carry in IKE_AUTH
+        try:
+            engine, took_child = self.factory.initiate(p1, child, local, remote, self.now())
+        except Exception as e:
+            log.exception("starting phase 1 tunnel %s failed", p1.name)
+            d = self._dead_p1(p1, f"could not start: {e}")
+            return d, False, "failed", None
+        slot = self._add_slot(engine, p1.policy.version, Role.INITIATOR, remote)
+        entry = P1Entry(self._next_p1, Role.INITIATOR, p1, local, remote, p1.policy.version, slot=slot)
+        self._next_p1 += 1
+        self.p1[entry.number] = entry
+        self.p1_live_by_def[p1.number] = entry
+        slot.p1_pending = entry
+        p2e: P2Entry | None = None
+        if took_child and child is not None:
+            p2e = self._new_p2(Role.INITIATOR, child, entry, slot)
+            slot.p2_pending.setdefault(child.number, []).append(p2e)
+            self.p2_live_by_def[child.number] = p2e
+        log.info("phase 1 tunnel %d (%s): initiating IKEv%d to %s", entry.number, p1.name, p1.policy.version, remote_ip)
+        self._pump(slot)
+        return entry, False, "failed" if entry.state == "failed" else None, p2e
+
+    def _dead_p1(self, p1: Phase1Tunnel, reason: str) -> P1Entry:
+        e = P1Entry(self._next_p1, Role.INITIATOR, p1, (p1.local_addr, 500), (p1.remote_addr, 500), p1.policy.version)
+        self._next_p1 += 1
+        self.p1[e.number] = e
+        self._p1_fail(e, reason)
+        return e
+
+    def _ensure_phase2(self, p1e: P1Entry, p2: Phase2Tunnel) -> tuple[P2Entry, bool]:
+        live = self.p2_live_by_def.get(p2.number)
+        if live is not None:
+            return live, True
+        slot = p1e.slot
+        assert slot is not None  # live entries always have their slot
+        e = self._new_p2(Role.INITIATOR, p2, p1e, slot)
+        slot.p2_pending.setdefault(p2.number, []).append(e)
+        self.p2_live_by_def[p2.number] = e
+        log.info("phase 2 tunnel %d (%s): starting under phase 1 tunnel %d", e.number, p2.name, p1e.number)
+        if p1e.state == "established":
+            self._call(slot, lambda eng: eng.start_child(p2, self.now()))
+        else:
+            slot.queued_children.append(p2)
+        return e, False
+
+    def waiters_for(self, results: list[dict[str, Any]], phase: int | None) -> list[asyncio.Future[None]]:
+        """Futures that complete when each started tunnel is established or has failed."""
+        futs: list[asyncio.Future[None]] = []
+        for r in results:
+            if r["tunnel"] is None:
+                continue
+            table: dict[int, Any] = self.p1 if r["phase"] == 1 else self.p2
+            e = table.get(r["tunnel"])
+            if e is None or e.state != "negotiating":
+                continue
+            if r["phase"] == 1 and phase != 1 and any(x["phase"] == 2 for x in results):
+                pass  # phase 2 futures cover it (a phase 1 failure fails them too)
+            f: asyncio.Future[None] = self.loop.create_future()
+            e.waiters.append(f)
+            futs.append(f)
+        return futs
+
+    def outcome(self, results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        out = []
+        for r in results:
+            table: dict[int, Any] = self.p1 if r["phase"] == 1 else self.p2
+            e = table.get(r["tunnel"]) if r["tunnel"] is not None else None
+            r = dict(r)
+            if e is not None:
+                r["state"] = e.state
+                if e.last_error:
+                    r["message"] = e.last_error
+                r["offered"] = list(e.offered)
+                r["peer_offered"] = list(e.peer_offered)
+            else:
+                r.setdefault("state", "failed" if r["status"] == "failed" else "gone")
+            out.append(r)
+        return out
+
+    def remove(self, phase: int | None, numbers: list[int] | None) -> list[dict[str, Any]]:
+        """Deactivate active tunnels. phase=1: the phase 1 SAs (their phase 2 SAs are no longer
+        refreshed); phase=2: the phase 2 SAs; no phase: phase 2 SAs first, then phase 1."""
+        done: list[dict[str, Any]] = []
+        if numbers is not None:
+            table: dict[int, Any] = self.p1 if phase in (1, None) else self.p2
+            missing = [n for n in numbers if n not in table]
+            if missing:
+                which = "phase 1" if phase in (1, None) else "phase 2"
+                raise ManagerError(
+                    f"no active {which} tunnel numbered {', '.join(map(str, missing))}; "
+                    "see ike cmd=list (active numbers differ from database numbers)"
+                )
+        if phase == 2:
+            for n in numbers if numbers is not None else list(self.p2):
+                done.append(self._remove_p2(self.p2[n]))
+            return done
+        p1s = [self.p1[n] for n in numbers] if numbers is not None else list(self.p1.values())
+        if phase is None:
+            for p1e in p1s:
+                for c in list(p1e.children.values()):
+                    done.append(self._remove_p2(c))
+            if numbers is None:
+                for c in [e for e in self.p2.values() if e.p1 is None or e.p1.number not in self.p1]:
+                    done.append(self._remove_p2(c))
+        for p1e in p1s:
+            done.append(self._remove_p1(p1e))
+        return done
+
+    def _remove_p1(self, e: P1Entry) -> dict[str, Any]:
+        r = {"phase": 1, "tunnel": e.number, "name": e.definition.name if e.definition else None}
+        if not e.live or e.slot is None or e.slot.dead:
+            self._forget_p1(e)
+            r["status"] = "forgotten"
+            return r
+        e.removing = True
+        for c in e.children.values():
+            c.refresh = False
+        slot = e.slot
+        log.info("phase 1 tunnel %d: removing on request", e.number)
+        if e.state == "negotiating":
+            # Nothing established to delete: tell the engine (it may send what it can), then drop
+            # the association and the phase 2 requests that waited for it.
+            try:
+                slot.engine.delete(self.now())
+                for dg in slot.engine.datagrams_to_send():
+                    self.send(dg)
+            except Exception:
+                log.exception("abandoning phase 1 tunnel %d", e.number)
+            slot.p1_pending = None
+            self._unlive_p1(e)
+            e.state = "deleted"
+            self._forget_p1(e)
+            for lst in slot.p2_pending.values():
+                for c in lst:
+                    self._unlive_p2(c)
+                    self._forget_p2(c)
+            slot.p2_pending.clear()
+            slot.queued_children.clear()
+            if not slot.p1_by_sa:
+                self._drop_slot(slot, "removed")
+        else:
+            self._call(slot, lambda eng: eng.delete(self.now()))
+            if e.live:
+                # The engine gave no IkeSaDeleted (nothing to tell the peer, say): end it here.
+                if e.sa_id is not None:
+                    slot.p1_by_sa.pop(e.sa_id, None)
+                slot.ike_alive = bool(slot.p1_by_sa)
+                self._p1_gone(e, "deleted locally")
+                if self._finished(slot):
+                    self._drop_slot(slot, None)
+        r["status"] = "removed"
+        return r
+
+    def _remove_p2(self, e: P2Entry) -> dict[str, Any]:
+        r = {"phase": 2, "tunnel": e.number, "name": e.definition.name if e.definition else None}
+        slot = e.slot
+        if not e.live or slot is None or slot.dead:
+            self._forget_p2(e)
+            r["status"] = "forgotten"
+            return r
+        e.removing = True
+        log.info("phase 2 tunnel %d: removing on request", e.number)
+        if e.child_id is None:
+            # Still negotiating: forget the request; a late success is deleted when it arrives.
+            for lst in slot.p2_pending.values():
+                if e in lst:
+                    lst.remove(e)
+            self._unlive_p2(e)
+            e.state = "deleted"
+            self._forget_p2(e)
+        else:
+            child_id = e.child_id
+            # Remove from the data plane now: the user asked for it to stop carrying traffic.
+            self._p2_gone(e, "removed by administrator")
+            slot.p2_by_child.pop(child_id, None)
+            self._call(slot, lambda eng: eng.delete_child(child_id, self.now()))
+        r["status"] = "removed"
+        return r
+
+    # --- listing --------------------------------------------------------------------------------
+
+    def listing(self, phase: str, numbers: list[int] | None, role: str | None) -> dict[str, Any]:
+        """phase '1': phase 1 tunnels; '1+': each phase 1 tunnel and its phase 2 tunnels;
+        '2': the phase 2 tunnels, each with its phase 1 tunnel. `numbers` are of the phase named."""
+        want_role = Role(role) if role else None
+        now = self.now()
+        missing: list[int] = []
+        tunnels: list[dict[str, Any]] = []
+        if phase in ("1", "1+"):
+            chosen = [self.p1[n] for n in numbers if n in self.p1] if numbers is not None else list(self.p1.values())
+            if numbers is not None:
+                missing = [n for n in numbers if n not in self.p1]
+            for e in chosen:
+                if want_role is not None and e.role is not want_role:
+                    continue
+                rec = self._p1_record(e, now)
+                if phase == "1+":
+                    rec["phase2"] = [self._p2_record(c, now) for c in e.children.values()]
+                tunnels.append(rec)
+            if phase == "1+" and numbers is None:
+                orphans = [e for e in self.p2.values() if e.p1 is None or e.p1.number not in self.p1]
+                for c in orphans:
+                    if want_role is None or c.role is want_role:
+                        tunnels.append({"phase": 2, **self._p2_record(c, now)})
+        else:
+            chosen2 = [self.p2[n] for n in numbers if n in self.p2] if numbers is not None else list(self.p2.values())
+            if numbers is not None:
+                missing = [n for n in numbers if n not in self.p2]
+            for c in chosen2:
+                if want_role is not None and c.role is not want_role:
+                    continue
+                rec = self._p2_record(c, now)
+                rec["phase1"] = self._p1_record(c.p1, now) if c.p1 is not None else None
+                tunnels.append(rec)
+        return {"phase": phase, "tunnels": tunnels, "missing": missing}
+
+    def _p1_record(self, e: P1Entry, now: float) -> dict[str, Any]:
+        left = None
+        if e.established_at is not None and e.lifetime_s and e.live:
+            left = max(0, round(e.established_at + e.lifetime_s - now))
+        d = e.definition
+        return {
+            "tunnel": e.number,
+            "db": d.number if d else None,
+            "name": d.name if d else None,
+            "state": e.state,
+            "role": e.role.value,
+            "version": e.version,
+            "local": e.local[0],
+            "remote": e.remote[0],
+            "local_port": e.local[1],
+            "remote_port": e.remote[1],
+            "local_id": e.local_id or (str(d.local_id) if d else ""),
+            "remote_id": e.remote_id or (str(d.remote_id) if d else ""),
+            "mode": ("main" if d is None else d.policy.mode) if e.version == 1 else None,
+            "auth": d.policy.auth.value if d else None,
+            "proposal": e.proposal,
+            "spi_i": e.spi_i,
+            "spi_r": e.spi_r,
+            "lifetime_s": e.lifetime_s,
+            "lifetime_left_s": left,
+            "established": e.established_wall,
+            "nat": _nat_text(e.nat_local, e.nat_remote),
+            "rekeys": e.rekeys,
+            "last_error": e.last_error,
+            "notify": e.notify,
+            "offered": list(e.offered),
+            "peer_offered": list(e.peer_offered),
+            "phase2_tunnels": sorted(e.children),
+        }
+
+    def _p2_record(self, e: P2Entry, now: float) -> dict[str, Any]:
+        left = None
+        if e.established_at is not None and e.lifetime_s and e.live:
+            left = max(0, round(e.established_at + e.lifetime_s - now))
+        d = e.definition
+        counters = _counters(self.dataplane, e.dp_id) if e.dp_id is not None else {}
+        return {
+            "tunnel": e.number,
+            "phase1_tunnel": e.p1.number if e.p1 else None,
+            "db": d.number if d else None,
+            "name": d.name if d else None,
+            "state": e.state,
+            "role": e.role.value,
+            "protocol": e.protocol or (d.policy.protocol if d else ""),
+            "mode": e.mode or (d.policy.mode if d else ""),
+            "proposal": e.proposal,
+            "pfs_group": e.pfs_group,
+            "spi_in": e.spi_in,
+            "spi_out": e.spi_out,
+            "local_ts": list(e.local_ts) or ([str(d.local_ts)] if d else []),
+            "remote_ts": list(e.remote_ts) or ([str(d.remote_ts)] if d else []),
+            "local": e.local[0] if e.local else None,
+            "remote": e.remote[0] if e.remote else None,
+            "udp_encap": e.udp_encap,
+            "lifetime_s": e.lifetime_s,
+            "lifetime_kb": e.lifetime_kb,
+            "lifetime_left_s": left,
+            "established": e.established_wall,
+            "refresh": e.refresh,
+            "rekeys": e.rekeys,
+            "last_error": e.last_error,
+            "notify": e.notify,
+            "offered": list(e.offered),
+            "peer_offered": list(e.peer_offered),
+            **counters,
+        }
+
+    # --- shutdown -------------------------------------------------------------------------------
+
+    def shutdown(self) -> None:
+        """Delete every SA (tell the peers) and empty the data plane."""
+        self._closing = True
+        for slot in list(self.slots.values()):
+            self._call(slot, lambda eng: eng.delete(self.now()))
+        for slot in list(self.slots.values()):
+            self._drop_slot(slot, "iked stopped")
+
+
+def _start_child(p2: Phase2Tunnel, now: float) -> Callable[[Engine], None]:
+    def call(e: Engine) -> None:
+        e.start_child(p2, now)
+
+    return call
+
+
+def _resolve(futs: list[asyncio.Future[None]]) -> None:
+    for f in futs:
+        if not f.done():
+            f.set_result(None)
+    futs.clear()
+
+
+def _result(phase: int, db: int, name: str, e: P1Entry | P2Entry | None, status: str) -> dict[str, Any]:
+    r: dict[str, Any] = {"phase": phase, "db": db, "name": name, "tunnel": e.number if e else None, "status": status}
+    if status == "failed" and e is not None and e.last_error:
+        r["message"] = e.last_error
+    return r
+
+
+def _nat_text(local: bool, remote: bool) -> str:
+    if local and remote:
+        return "both behind NAT"
+    if local:
+        return "local behind NAT"
+    if remote:
+        return "peer behind NAT"
+    return "none"
+
+
+def _counters(dp: DataPlane | None, dp_id: int) -> dict[str, int]:
+    if dp is None:
+        return {}
+    try:
+        c = dp.counters(dp_id)
+    except Exception:
+        return {}
+    if c is None:
+        return {}
+    if dataclasses.is_dataclass(c) and not isinstance(c, type):
+        c = dataclasses.asdict(c)
+    if isinstance(c, dict):
+        return {str(k): int(v) for k, v in c.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+    return {}
+
+
+def _local_for(local_addr: str, remote_ip: str) -> str:
+    """The definition's local address, or the one the routing table would use to reach the peer."""
+    a = local_addr.strip()
+    if a and a not in ("0.0.0.0", "::"):  # noqa: S104
+        return a
+    fam = socket.AF_INET6 if ":" in remote_ip else socket.AF_INET
+    s = socket.socket(fam, socket.SOCK_DGRAM)
+    try:
+        s.connect((remote_ip, 500))
+        return str(s.getsockname()[0])
+    except OSError:
+        return "::" if fam == socket.AF_INET6 else "0.0.0.0"  # noqa: S104
+    finally:
+        s.close()
+
+
+def selectors_text(ts: Iterable[TrafficSelector]) -> str:
+    return ", ".join(str(t) for t in ts)
