@@ -26,7 +26,7 @@ lint:
 	echo "== ruff check"; $(PYTHON) -m ruff check . || rc=1; \
 	echo "== ruff format --check"; $(PYTHON) -m ruff format --check . || rc=1; \
 	echo "== mypy (src, strict)"; $(PYTHON) -m mypy || rc=1; \
-	echo "== mypy (tests/harness, strict)"; $(PYTHON) -m mypy --strict tests/harness || rc=1; \
+	echo "== mypy (tests/harness, scripts, strict)"; MYPYPATH=tests $(PYTHON) -m mypy --strict tests/harness scripts/demo.py || rc=1; \
 	exit $$rc
 
 # pytest exits 5 when it collected nothing; that is reported, not treated as a failure.
