@@ -1127,8 +1127,11 @@ def _counters(dp: DataPlane | None, dp_id: int) -> dict[str, int]:
     if dataclasses.is_dataclass(c) and not isinstance(c, type):
         c = dataclasses.asdict(c)
     if isinstance(c, dict):
-        return {str(k): int(v) for k, v in c.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+        return {k: int(c[k]) for k in _COUNTER_KEYS if isinstance(c.get(k), int)}
     return {}
+
+
+_COUNTER_KEYS = ("bytes_in", "bytes_out", "packets_in", "packets_out", "dropped_in")
 
 
 def _local_for(local_addr: str, remote_ip: str) -> str:
