@@ -18,7 +18,11 @@ import pytest
 from harness import require, require_root, require_tools
 from harness.netns import Host, capture, existing_namespaces, two_hosts
 
+import ike
 from ike.proto.transforms import ENCR, INTEG
+
+# The namespace processes must run the same `ike` this test imported (not whatever is installed).
+_ENV = {"PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(ike.__file__)))}
 
 
 @pytest.fixture(autouse=True)
@@ -85,7 +89,7 @@ def tunnel(
 ) -> Iterator[dict[str, dict[str, object]]]:
     """Run the manual data plane in both hosts; yields a dict filled with each side's final counters."""
     k = _keys(encr, keylen, integ)
-    env = {"PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    env = _ENV
     procs = {}
     specs = {
         "a": (
@@ -241,7 +245,7 @@ def test_wrong_key_carries_nothing_and_counts_drops() -> None:
     """A peer with other keys: pings fail, the receiver counts ICV failures, nothing leaks."""
     with two_hosts() as (a, b):
         k1, k2 = _keys("aes-gcm-16", 128, None), _keys("aes-gcm-16", 128, None)
-        env = {"PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+        env = _ENV
         pa = a.popen(
             _cmd(
                 a.outer4,

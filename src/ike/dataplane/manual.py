@@ -17,6 +17,7 @@ import dataclasses
 import ipaddress
 import json
 import logging
+import os
 import signal
 import socket
 import sys
@@ -100,6 +101,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--lifetime-s", type=int, default=3600)
     p.add_argument("--lifetime-kb", type=int, default=0)
     p.add_argument("--child-id", type=int, default=1)
+    p.add_argument("--profile", metavar="FILE", help="write a cProfile of the run to FILE (%%p: the process id)")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
 
@@ -144,6 +146,13 @@ def main(argv: list[str] | None = None) -> int:
     a = parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if a.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     try:
+        if a.profile:
+            import cProfile
+
+            with cProfile.Profile() as prof:
+                rc = asyncio.run(run(a))
+            prof.dump_stats(a.profile.replace("%p", str(os.getpid())))
+            return rc
         return asyncio.run(run(a))
     except (DataPlaneError, PolicyError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
