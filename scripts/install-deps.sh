@@ -38,18 +38,21 @@ else
     log "apt: all ${#APT_PACKAGES[@]} packages present"
 fi
 
-# A charon started by a package script (or left over) would hold /run/charon.pid and the IKE ports
-# of the root namespace; the tests' charons run in their own namespaces and mount their own /run.
-if [[ -s /run/charon.pid ]]; then
-    pid=$(cat /run/charon.pid)
-    if kill -0 "$pid" 2>/dev/null && [[ "$(readlink /proc/"$pid"/ns/net)" == "$(readlink /proc/1/ns/net)" ]]; then
-        log "stopping charon (pid $pid) running in the root namespace"
+# A charon started by a package script (strongswan-starter's init script, pulled in by strongswan-charon)
+# or left over would hold /run/charon.pid and the IKE ports of the root namespace; the tests' charons
+# run in their own namespaces with their own /run. Stop starter first, or it restarts charon.
+root_netns=$(readlink /proc/$$/ns/net)  # make install runs in the root namespace
+for pidfile in /run/starter.charon.pid /run/charon.pid; do
+    [[ -s $pidfile ]] || continue
+    pid=$(cat "$pidfile")
+    if kill -0 "$pid" 2>/dev/null && [[ "$(readlink /proc/"$pid"/ns/net)" == "$root_netns" ]]; then
+        log "stopping $(cat /proc/"$pid"/comm 2>/dev/null || echo pid) (pid $pid, from $pidfile) in the root namespace"
         kill "$pid" || true
         for _ in 1 2 3 4 5 6 7 8 9 10; do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
         kill -9 "$pid" 2>/dev/null || true
     fi
-    kill -0 "$pid" 2>/dev/null || rm -f /run/charon.pid
-fi
+    kill -0 "$pid" 2>/dev/null || rm -f "$pidfile"
+done
 
 "$PYTHON" - <<'PY'
 import sys
