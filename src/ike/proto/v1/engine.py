@@ -1,0 +1,798 @@
+"""`Ikev1Engine`: one IKEv1 association with one peer, sans-IO (the Engine protocol of proto/api.py).
+
+It owns the ISAKMP SAs with that peer (the current one and, during a rekey, its successor), the
+phase 2 SAs negotiated under them, and the exchanges in flight. Exchanges are in exchanges/ (one
+module each, with their state tables); this module routes datagrams to them, retransmits, answers
+duplicates, runs the timers (rekey, expiry, DPD) and turns results into events.
+
+Routing (for the daemon): every ISAKMP SA announces OUR cookie with `SpiAdded` (the initiator cookie
+when we initiated, the responder cookie when we responded). `demux(data)` cannot tell from a header
+which cookie is ours, so it returns `our_spi` = CKY-R (None when CKY-R is zero, a first main or
+aggressive mode message) and `peer_spi` = CKY-I. Look up `our_spi`, then `peer_spi`, in the
+SpiAdded table; a first message whose (remote address, CKY-I) is already half-open is a
+retransmission for that engine; anything else with CKY-R zero goes to `Ikev1Engine.respond`.
+
+Rules carried out here:
+- Nothing raises out of a public method; bad datagrams become `PacketDropped` events.
+- Retransmission: a message that waits for an answer is resent after `retransmit_timeout_s`,
+  doubling, `retransmit_tries` times; then the negotiation fails. A datagram identical to one
+  already answered gets the same answer again (both roles), so a lost last message heals.
+- Phase 1 is rekeyed (a new main/aggressive mode, then a Delete for the old SA) by the side that
+  initiated it; phase 2 by the side that initiated that SA, `rekey_margin` before expiry.
+- Deleting phase 1 leaves the phase 2 SAs running until they expire (AIX; RFC 2409).
+- Lifetimes in kilobytes of phase 2 SAs are counted by the data plane: the daemon calls
+  `rekey_child` when one runs out.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+from collections import OrderedDict, deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from ike.policy import DpdAction, Phase1Tunnel, Phase2Tunnel
+from ike.proto.api import (
+    Address,
+    ChildSaDeleted,
+    ChildSaEstablished,
+    Datagram,
+    Demux,
+    EngineSettings,
+    Event,
+    IkeSaDeleted,
+    IkeSaEstablished,
+    NegotiationFailed,
+    PacketDropped,
+    PolicySource,
+    Role,
+    SpiAdded,
+    SpiRemoved,
+)
+from ike.proto.v1.exchanges import informational
+from ike.proto.v1.exchanges.aggressive_mode import AggressiveMode
+from ike.proto.v1.exchanges.errors import Drop, ExchangeFailed
+from ike.proto.v1.exchanges.main_mode import MainMode
+from ike.proto.v1.exchanges.phase1 import Phase1Context, Phase1Exchange
+from ike.proto.v1.exchanges.quick_mode import QuickMode
+from ike.proto.v1.isakmp_sa import IsakmpSa
+from ike.proto.v1.payloads import DecodeError, Exchange, Header, NotifyType
+from ike.proto.v1.payloads.notify import notify_name
+from ike.proto.v1.payloads.sa import PROTO_AH, PROTO_ESP, PROTO_ISAKMP
+
+ZERO_COOKIE = bytes(8)
+_RESPONSE_CACHE = 64
+_MAX_QM_IN_FLIGHT = 32
+
+
+def demux(data: bytes) -> Demux | None:
+    """Routing keys of an IKEv1 datagram (see the module docstring); None if it is not ISAKMP v1."""
+    if len(data) < 28 or data[17] >> 4 != 1:
+        return None
+    cky_i, cky_r = data[0:8], data[8:16]
+    if cky_i == ZERO_COOKIE:
+        return None
+    return Demux(our_spi=None if cky_r == ZERO_COOKIE else cky_r, peer_spi=cky_i, version=1)
+
+
+@dataclass
+class _Flight:
+    """A message of ours that waits for an answer."""
+
+    data: bytes
+    local: Address
+    remote: Address
+    next_at: float
+    tries: int
+    phase: int
+    what: str
+
+
+@dataclass
+class _Child:
+    child_id: int
+    sa_id: int
+    phase2: Phase2Tunnel
+    role: Role
+    protocol: int
+    inbound_spi: bytes
+    outbound_spi: bytes
+    established_at: float
+    rekey_at: float | None
+    expire_at: float
+    replaced: bool = False
+
+
+@dataclass
+class _SaTimers:
+    rekey_at: float | None
+    expire_at: float
+    dpd_at: float | None
+    dpd_seq: int
+    last_heard: float
+    replaced: bool = False
+
+
+class Ikev1Engine:
+    role: Role
+
+    def __init__(
+        self, policies: PolicySource, settings: EngineSettings, local: Address, remote: Address, role: Role, now: float
+    ) -> None:
+        self.role = role
+        self._policies = policies
+        self._settings = settings
+        self._local = local
+        self._remote = remote
+        self._phase1: Phase1Tunnel | None = None
+        self._sas: dict[bytes, IsakmpSa] = {}  # by our cookie
+        self._p1x: dict[bytes, Phase1Exchange] = {}  # phase 1 exchanges in progress, by our cookie
+        self._timers: dict[bytes, _SaTimers] = {}  # established SAs, by our cookie
+        self._qms: dict[tuple[bytes, int], QuickMode] = {}
+        self._children: dict[int, _Child] = {}
+        self._pending: list[tuple[Phase2Tunnel, int | None]] = []
+        self._flights: dict[tuple[object, ...], _Flight] = {}
+        self._answers: OrderedDict[bytes, tuple[bytes, Address, Address]] = OrderedDict()
+        self._events: deque[Event] = deque()
+        self._out: list[Datagram] = []
+        self._next_sa_id = 1
+        self._next_child_id = 1
+        self._closing = False
+        self._ever_established = False
+        self._now = now
+
+    # --- constructors -----------------------------------------------------------------------------
+
+    @classmethod
+    def initiate(
+        cls,
+        phase1: Phase1Tunnel,
+        children: Sequence[Phase2Tunnel],
+        policies: PolicySource,
+        settings: EngineSettings,
+        local: Address,
+        remote: Address,
+        now: float,
+    ) -> Ikev1Engine:
+        eng = cls(policies, settings, local, remote, Role.INITIATOR, now)
+        eng._phase1 = phase1
+        eng._pending = [(c, None) for c in children]
+        eng._guard(lambda: eng._start_phase1(now, None), remote)
+        return eng
+
+    @classmethod
+    def respond(
+        cls, dg: Datagram, policies: PolicySource, settings: EngineSettings, now: float
+    ) -> Ikev1Engine | None:
+        """A responder for a first main or aggressive mode message; None for anything else."""
+        try:
+            h = Header.decode(dg.data)
+        except DecodeError:
+            return None
+        if h.cky_r != ZERO_COOKIE or h.message_id != 0 or h.exchange not in (Exchange.MAIN, Exchange.AGGRESSIVE):
+            return None
+        if h.flags & 1 or h.next_payload != 1:  # must be plaintext and start with the SA payload
+            return None
+        eng = cls(policies, settings, dg.local, dg.remote, Role.RESPONDER, now)
+        cky_r = eng._new_cookie()
+        sa = IsakmpSa(eng._new_sa_id(), Role.RESPONDER, h.cky_i, cky_r, dg.local, dg.remote, h.exchange)
+        ctx = Phase1Context(policies, settings)
+        x: Phase1Exchange = (MainMode if h.exchange == Exchange.MAIN else AggressiveMode)(sa, ctx, None)
+        eng._sas[cky_r] = sa
+        eng._p1x[cky_r] = x
+        eng._events.append(SpiAdded(cky_r))
+        eng._guard(lambda: eng._phase1_step(sa, x, dg, h, now), dg.remote)
+        return eng
+
+    # --- Engine protocol --------------------------------------------------------------------------
+
+    def receive_datagram(self, dg: Datagram, now: float) -> None:
+        self._now = now
+        self._guard(lambda: self._receive(dg, now), dg.remote)
+
+    def handle_timer(self, now: float) -> None:
+        self._now = now
+        self._guard(lambda: self._on_timer(now), self._remote)
+
+    def get_timer(self) -> float | None:
+        times: list[float] = [f.next_at for f in self._flights.values()]
+        for t in self._timers.values():
+            times.append(t.expire_at)
+            if t.rekey_at is not None:
+                times.append(t.rekey_at)
+            if t.dpd_at is not None:
+                times.append(t.dpd_at)
+        for c in self._children.values():
+            times.append(c.expire_at)
+            if c.rekey_at is not None:
+                times.append(c.rekey_at)
+        return min(times) if times else None
+
+    def datagrams_to_send(self) -> list[Datagram]:
+        out, self._out = self._out, []
+        return out
+
+    def next_event(self) -> Event | None:
+        return self._events.popleft() if self._events else None
+
+    def start_child(self, phase2: Phase2Tunnel, now: float) -> None:
+        self._now = now
+        self._guard(lambda: self._start_child(phase2, None, now), self._remote)
+
+    def rekey_child(self, child_id: int, now: float) -> None:
+        self._now = now
+        c = self._children.get(child_id)
+        if c is not None and not c.replaced:
+            self._guard(lambda: self._start_child(c.phase2, child_id, now), self._remote)
+
+    def delete_child(self, child_id: int, now: float) -> None:
+        self._now = now
+        self._guard(lambda: self._delete_child(child_id, "deleted locally", notify_peer=True), self._remote)
+
+    def delete(self, now: float) -> None:
+        self._now = now
+        self._closing = True
+        self._pending.clear()
+
+        def run() -> None:
+            for cookie in list(self._sas):
+                sa = self._sas[cookie]
+                if cookie in self._timers:
+                    self._send(informational.delete_isakmp(sa), sa.local, sa.remote)
+                    self._drop_sa(cookie, "deleted locally")
+                else:
+                    self._abandon_phase1(cookie)
+            for key in [k for k in self._flights if k[0] == "qm"]:
+                del self._flights[key]
+            self._qms.clear()
+
+        self._guard(run, self._remote)
+
+    def is_established(self) -> bool:
+        return bool(self._timers)
+
+    # --- extras for the daemon and tests ----------------------------------------------------------
+
+    @property
+    def finished(self) -> bool:
+        """Nothing left: no SA, no phase 2 SA, nothing in flight (the daemon may forget the engine)."""
+        return not self._sas and not self._children and not self._flights
+
+    @property
+    def phase1(self) -> Phase1Tunnel | None:
+        sa = self._current_sa()
+        return sa.phase1 if sa is not None else self._phase1
+
+    def sa_ids(self) -> list[int]:
+        return [sa.sa_id for sa in self._sas.values()]
+
+    def child_ids(self) -> list[int]:
+        return sorted(self._children)
+
+    # --- plumbing ---------------------------------------------------------------------------------
+
+    def _guard(self, fn: object, remote: Address) -> None:
+        try:
+            fn()  # type: ignore[operator]
+        except Exception as e:  # the contract: nothing escapes an engine
+            self._events.append(PacketDropped(f"internal error in the IKEv1 engine: {type(e).__name__}: {e}", remote))
+
+    def _new_cookie(self) -> bytes:
+        while True:
+            c = os.urandom(8)
+            if c != ZERO_COOKIE and c not in self._sas:
+                return c
+
+    def _new_sa_id(self) -> int:
+        i = self._next_sa_id
+        self._next_sa_id += 1
+        return i
+
+    def _send(self, data: bytes, local: Address, remote: Address) -> None:
+        self._out.append(Datagram(data, local, remote))
+
+    def _send_waiting(self, key: tuple[object, ...], data: bytes, sa: IsakmpSa, phase: int, what: str,
+                      now: float) -> None:  # fmt: skip
+        self._send(data, sa.local, sa.remote)
+        self._flights[key] = _Flight(data, sa.local, sa.remote, now + self._settings.retransmit_timeout_s, 0, phase, what)
+
+    def _remember_answer(self, request: bytes, data: bytes, sa: IsakmpSa) -> None:
+        self._answers[_digest(request)] = (data, sa.local, sa.remote)
+        while len(self._answers) > _RESPONSE_CACHE:
+            self._answers.popitem(last=False)
+
+    def _current_sa(self) -> IsakmpSa | None:
+        best: IsakmpSa | None = None
+        for cookie, t in self._timers.items():
+            sa = self._sas[cookie]
+            if not t.replaced and (best is None or sa.sa_id > best.sa_id):
+                best = sa
+        return best
+
+    def _dropped(self, reason: str, remote: Address) -> None:
+        self._events.append(PacketDropped(reason, remote))
+
+    # --- inbound ----------------------------------------------------------------------------------
+
+    def _receive(self, dg: Datagram, now: float) -> None:
+        try:
+            h = Header.decode(dg.data)
+        except DecodeError as e:
+            self._dropped(f"not a valid ISAKMP message: {e}", dg.remote)
+            return
+        answer = self._answers.get(_digest(dg.data))
+        if answer is not None:  # a retransmission of something we answered: answer again
+            data, _local, _remote = answer
+            self._send(data, dg.local, dg.remote)
+            return
+        sa = self._find_sa(h)
+        if sa is None:
+            self._dropped(f"no ISAKMP SA for cookies {h.cky_i.hex()}/{h.cky_r.hex()}", dg.remote)
+            return
+        cookie = sa.our_cookie
+        try:
+            if h.exchange in (Exchange.MAIN, Exchange.AGGRESSIVE):
+                x = self._p1x.get(cookie)
+                if x is None or h.exchange != x.EXCHANGE:
+                    raise Drop(f"{Exchange(h.exchange).name.lower()} mode message outside a phase 1 negotiation")
+                if sa.cky_r == ZERO_COOKIE:
+                    if h.cky_r == ZERO_COOKIE:
+                        raise Drop("responder cookie is zero in a reply")
+                    sa.cky_r = h.cky_r
+                self._phase1_step(sa, x, dg, h, now)
+            elif h.exchange == Exchange.QUICK:
+                self._quick_mode(sa, dg, h, now)
+            elif h.exchange == Exchange.INFORMATIONAL:
+                self._informational(sa, dg, h, now)
+            elif h.exchange == Exchange.TRANSACTION:
+                raise Drop("mode config / XAUTH (transaction exchange) is not supported; configure the peer without it")
+            else:
+                raise Drop(f"exchange type {h.exchange} is not supported")
+        except Drop as e:
+            self._dropped(e.reason, dg.remote)
+
+    def _find_sa(self, h: Header) -> IsakmpSa | None:
+        sa = self._sas.get(h.cky_i)
+        if sa is not None and sa.role is Role.INITIATOR:
+            if sa.cky_r == h.cky_r or sa.cky_r == ZERO_COOKIE or h.cky_r == ZERO_COOKIE:
+                return sa
+        sa = self._sas.get(h.cky_r)
+        if sa is not None and sa.role is Role.RESPONDER and sa.cky_i == h.cky_i:
+            return sa
+        return None
+
+    # --- phase 1 ----------------------------------------------------------------------------------
+
+    def _start_phase1(self, now: float, rekey_of: int | None) -> None:
+        p1 = self._phase1
+        assert p1 is not None
+        if p1.policy.version != 1:
+            self._events.append(NegotiationFailed(1, f"tunnel {p1.name} is an IKEv{p1.policy.version} tunnel", p1))
+            return
+        if any(cookie not in self._timers for cookie in self._p1x):
+            return  # one phase 1 negotiation at a time
+        cky_i = self._new_cookie()
+        local, remote = self._local, self._remote
+        cur = self._current_sa()
+        if cur is not None:  # a rekey starts where the SA now lives (port 4500 after NAT-T)
+            local, remote = cur.local, cur.remote
+        exch = Exchange.AGGRESSIVE if p1.policy.mode == "aggressive" else Exchange.MAIN
+        sa = IsakmpSa(self._new_sa_id(), Role.INITIATOR, cky_i, ZERO_COOKIE, local, remote, exch)
+        sa.rekey_of = rekey_of
+        ctx = Phase1Context(self._policies, self._settings, initial_contact=not self._ever_established)
+        try:
+            x: Phase1Exchange = (AggressiveMode if exch == Exchange.AGGRESSIVE else MainMode)(sa, ctx, p1)
+            data = x.start()
+        except ExchangeFailed as e:
+            self._events.append(NegotiationFailed(1, e.reason, p1, offered=e.offered))
+            return
+        self._sas[cky_i] = sa
+        self._p1x[cky_i] = x
+        self._events.append(SpiAdded(cky_i))
+        self._send_waiting(("p1", cky_i), data, sa, 1, f"{x.mode_name} with {remote[0]}", now)
+
+    def _phase1_step(self, sa: IsakmpSa, x: Phase1Exchange, dg: Datagram, h: Header, now: float) -> None:
+        cookie = sa.our_cookie
+        try:
+            out = x.receive(dg, h, now)  # type: ignore[attr-defined]
+        except Drop as e:
+            self._dropped(e.reason, dg.remote)
+            return
+        except ExchangeFailed as e:
+            self._fail_phase1(sa, x, e)
+            return
+        self._flights.pop(("p1", cookie), None)
+        if out is not None:
+            if x.awaiting_reply:  # type: ignore[attr-defined]
+                self._send_waiting(("p1", cookie), out, sa, 1, f"{x.mode_name} with {sa.remote[0]}", now)
+            else:
+                self._send(out, sa.local, sa.remote)
+            self._remember_answer(dg.data, out, sa)
+        if x.established:  # type: ignore[attr-defined]
+            self._phase1_established(sa, x, now)
+
+    def _fail_phase1(self, sa: IsakmpSa, x: Phase1Exchange, e: ExchangeFailed) -> None:
+        if e.notify is not None:
+            self._send(informational.plain_notify(sa.cky_i, sa.cky_r, e.notify), sa.local, sa.remote)
+        self._events.append(
+            NegotiationFailed(
+                1,
+                e.reason,
+                x.tunnel or self._phase1,
+                offered=e.offered,
+                peer_offered=e.peer_offered,
+                notify=notify_name(e.notify) if e.notify is not None else e.received_notify,
+            )
+        )
+        self._abandon_phase1(sa.our_cookie)
+
+    def _abandon_phase1(self, cookie: bytes) -> None:
+        self._p1x.pop(cookie, None)
+        self._flights.pop(("p1", cookie), None)
+        if cookie in self._sas and cookie not in self._timers:
+            del self._sas[cookie]
+            self._events.append(SpiRemoved(cookie))
+
+    def _phase1_established(self, sa: IsakmpSa, x: Phase1Exchange, now: float) -> None:
+        cookie = sa.our_cookie
+        del self._p1x[cookie]
+        sa.established_at = now
+        assert sa.phase1 is not None and sa.proposal is not None
+        assert sa.local_id is not None and sa.remote_id is not None
+        self._ever_established = True
+        if self._phase1 is None:
+            self._phase1 = sa.phase1
+        self._local, self._remote = sa.local, sa.remote
+        margin = self._settings.rekey_margin
+        rekey_at = None
+        if sa.role is Role.INITIATOR:
+            rekey_at = now + sa.lifetime_s * (1 - margin * (1 + random.random() * 0.5))
+        pol = sa.phase1.policy
+        dpd_at = now + pol.dpd_delay_s if pol.dpd_delay_s > 0 and sa.peer_dpd else None
+        self._timers[cookie] = _SaTimers(rekey_at, now + sa.lifetime_s, dpd_at, random.randrange(1, 1 << 30), now)
+        self._events.append(
+            IkeSaEstablished(
+                sa_id=sa.sa_id,
+                version=1,
+                role=sa.role,
+                phase1=sa.phase1,
+                local=sa.local,
+                remote=sa.remote,
+                local_id=sa.local_id,
+                remote_id=sa.remote_id,
+                proposal=sa.proposal,
+                spi_i=sa.cky_i,
+                spi_r=sa.cky_r,
+                lifetime_s=sa.lifetime_s,
+                nat_local=sa.nat_local,
+                nat_remote=sa.nat_remote,
+                rekey_of=sa.rekey_of,
+                initial_contact=x.initial_contact_received,
+            )
+        )
+        if sa.rekey_of is not None:
+            for old_cookie, old in list(self._sas.items()):
+                if old.sa_id == sa.rekey_of and old_cookie in self._timers:
+                    self._send(informational.delete_isakmp(old), old.local, old.remote)
+                    self._drop_sa(old_cookie, "rekeyed")
+        pending, self._pending = self._pending, []
+        for p2, rekey_of in pending:
+            self._start_child(p2, rekey_of, now)
+
+    def _drop_sa(self, cookie: bytes, reason: str) -> None:
+        sa = self._sas.pop(cookie, None)
+        self._timers.pop(cookie, None)
+        self._p1x.pop(cookie, None)
+        for key in [k for k in self._flights if len(k) > 1 and k[1] == cookie]:
+            del self._flights[key]
+        for key in [k for k in self._qms if k[0] == cookie]:
+            del self._qms[key]
+        if sa is not None:
+            sa.deleted = True
+            self._events.append(IkeSaDeleted(sa.sa_id, reason))
+            self._events.append(SpiRemoved(cookie))
+
+    # --- quick mode -------------------------------------------------------------------------------
+
+    def _start_child(self, phase2: Phase2Tunnel, rekey_of: int | None, now: float) -> None:
+        if self._closing:
+            return
+        sa = self._current_sa()
+        if sa is None:
+            self._pending.append((phase2, rekey_of))
+            if self._phase1 is not None and not self._p1x:
+                self._start_phase1(now, None)
+            return
+        if sum(1 for q in self._qms.values() if not q.done) >= _MAX_QM_IN_FLIGHT:
+            self._events.append(NegotiationFailed(2, "too many quick modes in flight", sa.phase1, phase2))
+            return
+        msgid = informational.new_msgid(sa)
+        qm = QuickMode(sa, Role.INITIATOR, msgid, self._policies, phase2, rekey_of)
+        try:
+            data = qm.start()
+        except ExchangeFailed as e:
+            self._events.append(NegotiationFailed(2, e.reason, sa.phase1, phase2, offered=e.offered))
+            return
+        self._qms[(sa.our_cookie, msgid)] = qm
+        self._send_waiting(("qm", sa.our_cookie, msgid), data, sa, 2, f"quick mode for {phase2.name}", now)
+
+    def _quick_mode(self, sa: IsakmpSa, dg: Datagram, h: Header, now: float) -> None:
+        cookie = sa.our_cookie
+        if cookie not in self._timers:
+            raise Drop("quick mode before phase 1 is complete")
+        if not h.flags & 1:
+            raise Drop("unencrypted quick mode message")
+        key = (cookie, h.message_id)
+        qm = self._qms.get(key)
+        if qm is None:
+            if h.message_id == 0 or h.message_id in sa.used_msgids:
+                raise Drop(f"quick mode message ID {h.message_id:#x} is zero or already used")
+            if len(self._qms) >= _MAX_QM_IN_FLIGHT * 2:
+                self._gc_qms()
+            qm = QuickMode(sa, Role.RESPONDER, h.message_id, self._policies)
+        try:
+            out = qm.receive(dg, h, now)
+        except Drop:
+            raise
+        except ExchangeFailed as e:
+            self._fail_qm(sa, qm, e)
+            return
+        self._timers[cookie].last_heard = now
+        if key not in self._qms:
+            sa.used_msgids.add(h.message_id)
+            self._qms[key] = qm
+        self._flights.pop(("qm", cookie, h.message_id), None)
+        if out is not None:
+            if qm.awaiting_reply:
+                self._send_waiting(("qm", cookie, h.message_id), out, sa, 2, f"quick mode with {sa.remote[0]}", now)
+            else:
+                self._send(out, sa.local, sa.remote)
+            self._remember_answer(dg.data, out, sa)
+        if qm.done:
+            self._child_established(sa, qm, now)
+
+    def _gc_qms(self) -> None:
+        for key in [k for k, q in self._qms.items() if q.done]:
+            del self._qms[key]
+
+    def _fail_qm(self, sa: IsakmpSa, qm: QuickMode, e: ExchangeFailed) -> None:
+        if e.notify is not None and sa.keys is not None:
+            spi = qm.choice.peer_spi if qm.choice is not None else qm.our_spi
+            self._send(informational.notify(sa, e.notify, qm.protocol, spi), sa.local, sa.remote)
+        self._events.append(
+            NegotiationFailed(
+                2,
+                e.reason,
+                sa.phase1,
+                qm.phase2,
+                offered=e.offered,
+                peer_offered=e.peer_offered,
+                notify=notify_name(e.notify) if e.notify is not None else e.received_notify,
+            )
+        )
+        self._qms.pop((sa.our_cookie, qm.msgid), None)
+        self._flights.pop(("qm", sa.our_cookie, qm.msgid), None)
+
+    def _child_established(self, sa: IsakmpSa, qm: QuickMode, now: float) -> None:
+        r = qm.result
+        assert r is not None
+        self._gc_qms()
+        rekey_of = r.rekey_of
+        if rekey_of is None and r.role is Role.RESPONDER:
+            # The peer's rekey: the newest live SA of the same definition and selectors.
+            for c in sorted(self._children.values(), key=lambda c: -c.child_id):
+                if c.phase2.number == r.phase2.number and not c.replaced:
+                    rekey_of = c.child_id
+                    break
+        cid = self._next_child_id
+        self._next_child_id += 1
+        margin = self._settings.rekey_margin
+        rekey_at = None
+        if r.role is Role.INITIATOR:
+            rekey_at = now + r.lifetime_s * (1 - margin * (1 + random.random() * 0.5))
+        self._children[cid] = _Child(
+            cid, sa.sa_id, r.phase2, r.role, PROTO_AH if r.protocol == "ah" else PROTO_ESP,
+            r.inbound.spi, r.outbound.spi, now, rekey_at, now + r.lifetime_s,
+        )  # fmt: skip
+        self._events.append(
+            ChildSaEstablished(
+                child_id=cid,
+                sa_id=sa.sa_id,
+                phase2=r.phase2,
+                role=r.role,
+                protocol=r.protocol,
+                mode=r.mode,
+                proposal=r.proposal,
+                inbound=r.inbound,
+                outbound=r.outbound,
+                local_ts=(r.local_ts,),
+                remote_ts=(r.remote_ts,),
+                local=sa.local,
+                remote=sa.remote,
+                udp_encap=r.udp_encap,
+                lifetime_s=r.lifetime_s,
+                lifetime_kb=r.lifetime_kb,
+                pfs_group=r.pfs_group,
+                rekey_of=rekey_of,
+            )
+        )
+        if rekey_of is not None and rekey_of in self._children:
+            old = self._children[rekey_of]
+            old.replaced = True
+            old.rekey_at = None
+            if r.role is Role.INITIATOR:
+                self._delete_child(rekey_of, "rekeyed", notify_peer=True)
+
+    def _delete_child(self, child_id: int, reason: str, notify_peer: bool) -> None:
+        c = self._children.pop(child_id, None)
+        if c is None:
+            return
+        if notify_peer:
+            sa = self._current_sa()
+            if sa is not None:
+                self._send(informational.delete_ipsec(sa, c.protocol, (c.inbound_spi,)), sa.local, sa.remote)
+        self._events.append(ChildSaDeleted(child_id, reason))
+
+    # --- informational ----------------------------------------------------------------------------
+
+    def _informational(self, sa: IsakmpSa, dg: Datagram, h: Header, now: float) -> None:
+        cookie = sa.our_cookie
+        rx = informational.receive(sa if sa.keys is not None else None, dg.data, h)
+        if not rx.protected:
+            # Only an error notify during phase 1, before there are keys, is believed unprotected.
+            x = self._p1x.get(cookie)
+            errors = [n for n in rx.notifies if n.notify_type < 16384]
+            if x is not None and sa.keys is None and errors:
+                self._fail_phase1(sa, x, ExchangeFailed(
+                    f"the peer refused phase 1: {notify_name(errors[0].notify_type)}",
+                    offered=x.offered_lines([x.tunnel]) if x.tunnel else (),
+                    received_notify=notify_name(errors[0].notify_type),
+                ))  # fmt: skip
+                return
+            raise Drop("unprotected informational message ignored")
+        t = self._timers.get(cookie)
+        if t is not None:
+            t.last_heard = now
+        for n in rx.notifies:
+            self._on_notify(sa, n, now)
+        for d in rx.deletes:
+            self._on_delete(sa, d)
+
+    def _on_notify(self, sa: IsakmpSa, n: object, now: float) -> None:
+        from ike.proto.v1.payloads import NotifyPayload
+
+        assert isinstance(n, NotifyPayload)
+        cookie = sa.our_cookie
+        if n.notify_type == NotifyType.R_U_THERE:
+            if len(n.data) != 4 or n.spi != sa.cookies:
+                raise Drop("R-U-THERE with a bad sequence number or SPI")
+            self._send(informational.r_u_there_ack(sa, int.from_bytes(n.data, "big")), sa.local, sa.remote)
+            return
+        if n.notify_type == NotifyType.R_U_THERE_ACK:
+            t = self._timers.get(cookie)
+            if t is None or len(n.data) != 4 or int.from_bytes(n.data, "big") != t.dpd_seq:
+                raise Drop("R-U-THERE-ACK that answers no R-U-THERE of ours")
+            self._flights.pop(("dpd", cookie), None)
+            t.dpd_seq = (t.dpd_seq + 1) & 0xFFFFFFFF
+            assert sa.phase1 is not None
+            t.dpd_at = now + sa.phase1.policy.dpd_delay_s
+            return
+        if n.notify_type < 16384:
+            # An error about one of our quick modes (matched by SPI, else the only one in flight).
+            mine = [q for (c, _), q in self._qms.items() if c == cookie and q.role is Role.INITIATOR and not q.done]
+            hit = [q for q in mine if q.our_spi == n.spi] or (mine if len(mine) == 1 else [])
+            for q in hit:
+                self._fail_qm(sa, q, ExchangeFailed(
+                    f"the peer refused quick mode: {notify_name(n.notify_type)}",
+                    offered=q.offered_lines(q.phase2) if q.phase2 else (),
+                    received_notify=notify_name(n.notify_type),
+                ))  # fmt: skip
+            if not hit:
+                self._dropped(f"peer reports {notify_name(n.notify_type)}", sa.remote)
+        # Status notifies (INITIAL-CONTACT, RESPONDER-LIFETIME, REPLAY-STATUS...) need nothing here.
+
+    def _on_delete(self, sa: IsakmpSa, d: object) -> None:
+        from ike.proto.v1.payloads import DeletePayload
+
+        assert isinstance(d, DeletePayload)
+        if d.protocol == PROTO_ISAKMP:
+            for spi in d.spis:
+                if len(spi) != 16:
+                    continue
+                for cookie, s in list(self._sas.items()):
+                    if s.cookies == spi:
+                        self._drop_sa(cookie, "deleted by peer")
+            return
+        if d.protocol in (PROTO_ESP, PROTO_AH):
+            for spi in d.spis:
+                for c in list(self._children.values()):
+                    if c.outbound_spi == spi and c.protocol == d.protocol:
+                        self._delete_child(c.child_id, "rekeyed" if c.replaced else "deleted by peer", notify_peer=False)
+
+    # --- timers -----------------------------------------------------------------------------------
+
+    def _on_timer(self, now: float) -> None:
+        for key, f in list(self._flights.items()):
+            if key not in self._flights or f.next_at > now:
+                continue
+            if f.tries >= self._settings.retransmit_tries:
+                self._give_up(key, f)
+                continue
+            f.tries += 1
+            f.next_at = now + self._settings.retransmit_timeout_s * (2**f.tries)
+            self._out.append(Datagram(f.data, f.local, f.remote))
+        for cookie, t in list(self._timers.items()):
+            if cookie not in self._timers:
+                continue
+            sa = self._sas[cookie]
+            if now >= t.expire_at:
+                self._send(informational.delete_isakmp(sa), sa.local, sa.remote)
+                self._drop_sa(cookie, "expired")
+                continue
+            if t.rekey_at is not None and now >= t.rekey_at:
+                t.rekey_at = None
+                if not self._closing and self._phase1 is not None:
+                    self._start_phase1(now, sa.sa_id)
+            if t.dpd_at is not None and now >= t.dpd_at:
+                self._dpd_check(sa, t, now)
+        for c in list(self._children.values()):
+            if c.child_id not in self._children:
+                continue
+            if now >= c.expire_at:
+                self._delete_child(c.child_id, "expired", notify_peer=True)
+            elif c.rekey_at is not None and now >= c.rekey_at:
+                c.rekey_at = None
+                if not self._closing:
+                    self._start_child(c.phase2, c.child_id, now)
+
+    def _dpd_check(self, sa: IsakmpSa, t: _SaTimers, now: float) -> None:
+        assert sa.phase1 is not None
+        delay = sa.phase1.policy.dpd_delay_s
+        if ("dpd", sa.our_cookie) in self._flights:
+            t.dpd_at = None
+            return
+        if now - t.last_heard < delay:
+            t.dpd_at = t.last_heard + delay  # heard from the peer lately: no need to ask
+            return
+        t.dpd_at = None
+        self._send_waiting(("dpd", sa.our_cookie), informational.r_u_there(sa, t.dpd_seq), sa, 1,
+                           f"DPD R-U-THERE to {sa.remote[0]}", now)  # fmt: skip
+
+    def _give_up(self, key: tuple[object, ...], f: _Flight) -> None:
+        del self._flights[key]
+        reason = f"no answer from the peer to {f.what} after {f.tries} retransmissions"
+        if key[0] == "p1":
+            cookie = key[1]
+            assert isinstance(cookie, bytes)
+            x = self._p1x.get(cookie)
+            self._events.append(NegotiationFailed(1, reason, x.tunnel if x else self._phase1))
+            self._abandon_phase1(cookie)
+        elif key[0] == "qm":
+            cookie, msgid = key[1], key[2]
+            assert isinstance(cookie, bytes) and isinstance(msgid, int)
+            qm = self._qms.pop((cookie, msgid), None)
+            sa = self._sas.get(cookie)
+            self._events.append(NegotiationFailed(2, reason, sa.phase1 if sa else None, qm.phase2 if qm else None))
+        elif key[0] == "dpd":
+            self._peer_dead()
+
+    def _peer_dead(self) -> None:
+        action = self._phase1.policy.dpd_action if self._phase1 is not None else DpdAction.CLEAR
+        restart = [(c.phase2, None) for c in self._children.values() if not c.replaced]
+        for cookie in list(self._sas):
+            self._drop_sa(cookie, "peer unreachable (DPD)")
+        for cid in list(self._children):
+            self._delete_child(cid, "peer unreachable (DPD)", notify_peer=False)
+        self._qms.clear()
+        self._flights.clear()
+        if action is DpdAction.RESTART and self._phase1 is not None and self._phase1.remote_addr not in ("", "0.0.0.0", "::"):
+            self._pending = restart
+            self._local = (self._local[0], 500)
+            self._remote = (self._remote[0], 500)
+            self._start_phase1(self._now, None)
+
+
+def _digest(data: bytes) -> bytes:
+    return hashlib.sha256(data).digest()[:16]

@@ -1,0 +1,193 @@
+"""Main Mode (RFC 2409 §5, identity protection), both roles.
+
+    Initiator                              Responder
+    MM1  HDR, SA, VID                 -->
+                                      <--  MM2  HDR, SA, VID
+    MM3  HDR, KE, Ni, [CR], NAT-D     -->
+                                      <--  MM4  HDR, KE, Nr, [CR], NAT-D
+    MM5  HDR*, IDii, [CERT], HASH_I|SIG_I, [N(INITIAL-CONTACT)]   (port 4500 if NAT)
+                                      <--  MM6  HDR*, IDir, [CERT], HASH_R|SIG_R, [N(RESPONDER-LIFETIME)]
+
+A responder picks its definition by address at MM1 (a pre-shared key must be known before the
+peer's identity is), and checks the identity at MM5; with signatures the identity may re-select it.
+"""
+
+from __future__ import annotations
+
+import enum
+
+from ike.proto.api import Datagram, Role
+from ike.proto.v1.exchanges.errors import Drop, ExchangeFailed
+from ike.proto.v1.exchanges.phase1 import Phase1Exchange, find, one
+from ike.proto.v1.payloads import Exchange, NoncePayload, SaPayload
+from ike.proto.v1.payloads.chain import Decoded
+from ike.proto.v1.payloads.header import Header
+from ike.proto.v1.proposals import auth_from_value
+from ike.policy import AuthMethod
+
+
+class MmState(enum.Enum):
+    INIT = "init"
+    I_SENT_SA = "sent MM1"
+    I_SENT_KE = "sent MM3"
+    I_SENT_AUTH = "sent MM5"
+    R_SENT_SA = "sent MM2"
+    R_SENT_KE = "sent MM4"
+    ESTABLISHED = "established"
+
+
+# (role, state) -> (step that handles the next inbound message, state after it)
+INBOUND: dict[tuple[Role, MmState], tuple[str, MmState]] = {
+    (Role.INITIATOR, MmState.I_SENT_SA): ("process_mm2", MmState.I_SENT_KE),
+    (Role.INITIATOR, MmState.I_SENT_KE): ("process_mm4", MmState.I_SENT_AUTH),
+    (Role.INITIATOR, MmState.I_SENT_AUTH): ("process_mm6", MmState.ESTABLISHED),
+    (Role.RESPONDER, MmState.INIT): ("process_mm1", MmState.R_SENT_SA),
+    (Role.RESPONDER, MmState.R_SENT_SA): ("process_mm3", MmState.R_SENT_KE),
+    (Role.RESPONDER, MmState.R_SENT_KE): ("process_mm5", MmState.ESTABLISHED),
+}
+# States in which our last message waits for an answer (and is retransmitted on a timer).
+AWAITING_REPLY = {MmState.I_SENT_SA, MmState.I_SENT_KE, MmState.I_SENT_AUTH, MmState.R_SENT_SA, MmState.R_SENT_KE}
+
+
+class MainMode(Phase1Exchange):
+    EXCHANGE = Exchange.MAIN
+    mode_name = "main mode"
+    state = MmState.INIT
+
+    @property
+    def established(self) -> bool:
+        return self.state is MmState.ESTABLISHED
+
+    @property
+    def awaiting_reply(self) -> bool:
+        return self.state in AWAITING_REPLY
+
+    def start(self) -> bytes:
+        """Initiator: MM1."""
+        sa = self.offer()
+        self.state = MmState.I_SENT_SA
+        return self.sa.seal(Exchange.MAIN, 0, [sa, *self.vendor_payloads()], encrypt=False)
+
+    def receive(self, dg: Datagram, h: Header, now: float) -> bytes | None:
+        step = INBOUND.get((self.role, self.state))
+        if step is None:
+            raise Drop(f"main mode message in state {self.state.value}")
+        if h.message_id != 0:
+            raise Drop("main mode message with a non-zero message ID")
+        name, after = step
+        out: bytes | None = getattr(self, name)(dg, h, now)
+        self.state = after
+        return out
+
+    # --- responder --------------------------------------------------------------------------------
+
+    def process_mm1(self, dg: Datagram, h: Header, now: float) -> bytes:
+        payloads = self.open(dg, h, keys_may_differ=False)
+        sa_d = one(payloads, SaPayload, "SA")
+        self.take_vids(payloads)
+        cands = [
+            t
+            for t in self.ctx.policies.phase1_by_address(dg.local[0], dg.remote[0])
+            if t.policy.version == 1 and t.policy.mode == "main"
+        ]
+        self.candidates = cands
+        reply = self.choose(sa_d, cands)
+        return self.sa.seal(Exchange.MAIN, 0, [reply, *self.vendor_payloads()], encrypt=False)
+
+    def process_mm3(self, dg: Datagram, h: Header, now: float) -> bytes:
+        payloads = self.open(dg, h, keys_may_differ=False)
+        self.gxi, self.ni = self.take_ke_nonce(payloads)
+        self.check_natd(payloads, dg)
+        self.nr = _nonce()
+        self.gxr = self.make_dh()
+        self.derive_keys()
+        return self.sa.seal(
+            Exchange.MAIN,
+            0,
+            [*_ke_nonce(self.gxr, self.nr), *self.certreq_payloads(), *self.natd_payloads()],
+            encrypt=False,
+        )
+
+    def process_mm5(self, dg: Datagram, h: Header, now: float) -> bytes:
+        payloads = self.open(dg, h, keys_may_differ=True)
+        ident, id_b = self.take_peer_id(payloads)
+        self._reselect_by_identity(dg, ident)
+        self.check_peer_id(ident)
+        self.verify_auth(payloads, ident, id_b, now)
+        self.process_status_notifies(payloads)
+        self.sa.accept(dg.data, h)
+        self.follow_peer(dg)
+        idp = self.id_payload()
+        out: list[object] = [idp, *self.auth_payloads(idp.body())]
+        if self.send_responder_lifetime:
+            out.append(self.responder_lifetime_notify())
+        return self.sa.seal(Exchange.MAIN, 0, out, encrypt=True)
+
+    def _reselect_by_identity(self, dg: Datagram, ident: object) -> None:
+        """With signatures the identity, not the address, names the definition (same proposal)."""
+        from ike.policy import Identity
+
+        assert isinstance(ident, Identity) and self.tunnel is not None
+        if auth_from_value(self.sa.auth_method) is AuthMethod.PSK:
+            return
+        t = self.ctx.policies.phase1_by_identity(dg.local[0], dg.remote[0], ident)
+        if t is None or t == self.tunnel:
+            return
+        if (
+            t.policy.version == 1
+            and t.policy.auth is self.tunnel.policy.auth
+            and self.sa.proposal in t.policy.proposals
+        ):
+            self.tunnel = t
+            self.sa.phase1 = t
+            self._load_creds(t)
+
+    # --- initiator --------------------------------------------------------------------------------
+
+    def process_mm2(self, dg: Datagram, h: Header, now: float) -> bytes:
+        payloads = self.open(dg, h, keys_may_differ=False)
+        self.process_status_notifies(payloads)
+        self.accept_choice(one(payloads, SaPayload, "SA"))
+        self.take_vids(payloads)
+        self.ni = _nonce()
+        self.gxi = self.make_dh()
+        return self.sa.seal(
+            Exchange.MAIN,
+            0,
+            [*_ke_nonce(self.gxi, self.ni), *self.certreq_payloads(), *self.natd_payloads()],
+            encrypt=False,
+        )
+
+    def process_mm4(self, dg: Datagram, h: Header, now: float) -> bytes:
+        payloads = self.open(dg, h, keys_may_differ=False)
+        self.gxr, self.nr = self.take_ke_nonce(payloads)
+        self.check_natd(payloads, dg)
+        self.derive_keys()
+        self.float_ports()
+        idp = self.id_payload()
+        out: list[object] = [idp, *self.auth_payloads(idp.body()), *self.initial_contact_payloads()]
+        return self.sa.seal(Exchange.MAIN, 0, out, encrypt=True)
+
+    def process_mm6(self, dg: Datagram, h: Header, now: float) -> None:
+        payloads = self.open(dg, h, keys_may_differ=True)
+        ident, id_b = self.take_peer_id(payloads)
+        self.check_peer_id(ident)
+        self.verify_auth(payloads, ident, id_b, now)
+        self.process_status_notifies(payloads)
+        self.sa.accept(dg.data, h)
+        return None
+
+
+def _nonce() -> bytes:
+    import os
+
+    return os.urandom(32)
+
+
+def _ke_nonce(ke: bytes, nonce: bytes) -> list[object]:
+    from ike.proto.v1.payloads import KePayload
+
+    return [KePayload(ke), NoncePayload(nonce)]
+
+
+__all__ = ["INBOUND", "MainMode", "MmState", "find"]
