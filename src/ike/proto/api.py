@@ -86,6 +86,7 @@ class IkeSaEstablished:
     nat_local: bool  # we are behind a NAT
     nat_remote: bool  # the peer is behind a NAT
     rekey_of: int | None = None  # sa_id of the IKE SA this one replaces
+    initial_contact: bool = False  # the peer sent INITIAL-CONTACT: its older SAs with us are stale
 
 
 @dataclass(frozen=True)
