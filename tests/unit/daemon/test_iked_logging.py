@@ -1,0 +1,92 @@
+"""IKE_CONF parsing and switching the log destination and level in a running process."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from ike.daemon import logging_conf
+from ike.daemon.logging_conf import LogConfigError, LogSettings, LogSwitch, parse
+
+
+def test_parse_defaults_comments_and_aliases() -> None:
+    assert parse("") == LogSettings("events", "syslog", "daemon")
+    s = parse("# comment\n log_level = Information  # all of it\nlog_file=/var/log/iked.log\n")
+    assert s == LogSettings("information", "/var/log/iked.log", "daemon")
+    assert parse("log_level = info").level == "information"
+    assert parse("log_destination = stderr\nsyslog_facility = local4").facility == "local4"
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("log_level = loud", "line 1: log level 'loud' is not one of none, errors, events, information"),
+        ("\nlog_destination = relative.log", "line 2: log destination 'relative.log' must be"),
+        ("verbosity = 3", "unknown key 'verbosity'"),
+        ("just words", "is not 'key = value'"),
+        ("syslog_facility = nowhere", "unknown syslog facility"),
+    ],
+)
+def test_parse_errors_name_line_and_fix(text: str, needle: str) -> None:
+    with pytest.raises(LogConfigError) as ei:
+        parse(text, "conf")
+    assert needle in str(ei.value)
+
+
+def test_missing_file_means_defaults(tmp_path: Path) -> None:
+    assert logging_conf.load(tmp_path / "nope.conf") == LogSettings()
+
+
+def test_switch_destination_and_level_and_keep_old_on_error(tmp_path: Path) -> None:
+    conf = tmp_path / "isakmpd.conf"
+    first, second = tmp_path / "one.log", tmp_path / "two.log"
+    log = logging.getLogger("ike.test.switch")
+    sw = LogSwitch()
+    try:
+        conf.write_text(f"log_level = errors\nlog_destination = {first}\n")
+        sw.reload(conf)
+        log.info("event-one")
+        log.error("error-one")
+        conf.write_text(f"log_level = information\nlog_destination = {second}\n")
+        sw.reload(conf)
+        log.debug("debug-two")
+        conf.write_text("log_level = nonsense\n")
+        with pytest.raises(LogConfigError):
+            sw.reload(conf)
+        log.debug("debug-three")  # still information level, still file two
+        conf.write_text(f"log_level = none\nlog_destination = {second}\n")
+        sw.reload(conf)
+        log.error("silenced")
+    finally:
+        sw.close()
+    one, two = first.read_text(), second.read_text()
+    assert "error-one" in one and "event-one" not in one
+    assert "debug-two" in two and "debug-three" in two and "debug-two" not in one
+    assert "silenced" not in two
+    assert first.stat().st_mode & 0o077 == 0
+
+
+def test_syslog_without_socket_falls_back_to_stderr(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(logging_conf, "SYSLOG_SOCKET", str(tmp_path / "no-such-socket"))
+    sw = LogSwitch()
+    try:
+        warning = sw.apply(LogSettings())
+    finally:
+        sw.close()
+    assert warning is not None and "logging to stderr" in warning
+
+
+def test_unwritable_destination_keeps_old_handler(tmp_path: Path) -> None:
+    good = tmp_path / "good.log"
+    sw = LogSwitch()
+    try:
+        sw.apply(LogSettings("events", str(good)))
+        (tmp_path / "dir").write_text("a file where a directory should be")
+        with pytest.raises(LogConfigError, match="cannot open log file"):
+            sw.apply(LogSettings("events", str(tmp_path / "dir" / "x.log")))
+        logging.getLogger("ike.test.keep").info("still-here")
+    finally:
+        sw.close()
+    assert "still-here" in good.read_text()

@@ -1,0 +1,110 @@
+"""The daemon's indexed view of the tunnel definitions."""
+
+from __future__ import annotations
+
+import pytest
+
+from ike.daemon.policies import IndexedPolicies, LookupError_
+from ike.policy import (
+    DataManagementPolicy,
+    EspProposal,
+    Group,
+    Identity,
+    IdType,
+    IkeProposal,
+    KeyManagementPolicy,
+    Phase1Tunnel,
+    Phase2Tunnel,
+    TrafficSelector,
+)
+
+KM = KeyManagementPolicy("km", proposals=(IkeProposal("aes-cbc", 128, "sha2-256", "sha2-256", 14),))
+DM = DataManagementPolicy("dm", proposals=(EspProposal("aes-gcm-16", 128, None),))
+
+
+def p1(n: int, local: str, remote: str, rid: str, autostart: bool = False) -> Phase1Tunnel:
+    ids = Identity.parse(local), Identity.parse(rid)
+    return Phase1Tunnel(n, f"p1-{n}", *ids, local, remote, KM, autostart=autostart)
+
+
+def p2(n: int, under: int, lts: str, rts: str, autostart: bool = False) -> Phase2Tunnel:
+    return Phase2Tunnel(n, f"p2-{n}", under, TrafficSelector.parse(lts), TrafficSelector.parse(rts), DM, autostart)
+
+
+@pytest.fixture
+def pol() -> IndexedPolicies:
+    return IndexedPolicies(
+        [
+            p1(1, "198.18.0.1", "198.18.0.2", "198.18.0.2"),
+            p1(2, "198.18.0.1", "0.0.0.0", "road@example.net", autostart=True),
+            p1(3, "198.18.0.1", "198.18.0.3", "gw3.example.net"),
+        ],
+        [
+            p2(11, 1, "198.19.1.0/24", "198.19.2.0/24"),
+            p2(12, 1, "198.19.1.0/24", "198.19.3.0,255.255.255.0", autostart=True),
+            p2(31, 3, "198.19.1.1", "198.19.9.1-198.19.9.9"),
+        ],
+        [Group("all-peers", ("198.18.0.2", "gw3.example.net"))],
+    )
+
+
+def test_by_address_exact_before_wildcard(pol: IndexedPolicies) -> None:
+    assert [t.number for t in pol.phase1_by_address("198.18.0.1", "198.18.0.2")] == [1, 2]
+    assert [t.number for t in pol.phase1_by_address("198.18.0.1", "198.18.0.77")] == [2]
+    assert pol.phase1_by_address("198.18.0.9", "198.18.0.2") == []
+
+
+def test_by_identity_respects_addresses(pol: IndexedPolicies) -> None:
+    road = Identity(IdType.USER_FQDN, "road@example.net")
+    assert pol.phase1_by_identity("198.18.0.1", "198.18.0.50", road).number == 2  # type: ignore[union-attr]
+    assert pol.phase1_by_identity("198.18.0.1", "198.18.0.50", Identity(IdType.FQDN, "GW3.example.net")) is None
+    gw3 = pol.phase1_by_identity("198.18.0.1", "198.18.0.3", Identity(IdType.FQDN, "GW3.example.net"))
+    assert gw3 is not None and gw3.number == 3
+
+
+def test_phase2_for_overlap(pol: IndexedPolicies) -> None:
+    t1 = pol.p1_by_number[1]
+    found = pol.phase2_for(t1, [TrafficSelector.parse("198.19.1.5")], [TrafficSelector.parse("198.19.3.0/25")])
+    assert found is not None and found.number == 12
+    assert pol.phase2_for(t1, [TrafficSelector.parse("198.19.7.5")], [TrafficSelector.parse("198.19.3.0/25")]) is None
+
+
+def test_autostart_brings_phase1_of_phase2(pol: IndexedPolicies) -> None:
+    got = {t.phase1.number: [c.number for c in t.phase2] for t in pol.autostart()}
+    assert got == {2: [], 1: [12]}
+
+
+def test_numbers_phase1_and_phase2(pol: IndexedPolicies) -> None:
+    assert [t.phase1.number for t in pol.by_numbers([1, 3], 1)] == [1, 3]
+    t = pol.by_numbers([11, 12, 31], 2)
+    assert [(x.phase1.number, [c.number for c in x.phase2]) for x in t] == [(1, [11, 12]), (3, [31])]
+    with pytest.raises(LookupError_, match="no phase 2 tunnel number 5"):
+        pol.by_numbers([5], None)
+    with pytest.raises(LookupError_, match="no phase 1 tunnel number 9"):
+        pol.by_numbers([9], 1)
+
+
+def test_remid_forms(pol: IndexedPolicies) -> None:
+    # phase 1 ID
+    assert [(t.phase1.number, len(t.phase2)) for t in pol.by_remote_id("198.18.0.2", None)] == [(1, 2)]
+    assert [(t.phase1.number, len(t.phase2)) for t in pol.by_remote_id("198.18.0.2", 1)] == [(1, 0)]
+    # phase 2 IDs: subnet as id,mask, range as start,end
+    t = pol.by_remote_id("198.19.3.0,255.255.255.0", 2)
+    assert [(x.phase1.number, [c.number for c in x.phase2]) for x in t] == [(1, [12])]
+    t = pol.by_remote_id("198.19.9.1,198.19.9.9", 2)
+    assert [(x.phase1.number, [c.number for c in x.phase2]) for x in t] == [(3, [31])]
+    # group: one tunnel per member
+    assert [t.phase1.number for t in pol.by_remote_id("all-peers", None)] == [1, 3]
+    with pytest.raises(LookupError_, match="matches no phase 1 ID, phase 2 ID or group"):
+        pol.by_remote_id("nobody.example", None)
+
+
+def test_ipaddr_and_names(pol: IndexedPolicies) -> None:
+    t = pol.by_addresses("198.18.0.1", "198.18.0.2", 2)
+    assert [(x.phase1.number, [c.number for c in x.phase2]) for x in t] == [(1, [11, 12])]
+    with pytest.raises(LookupError_, match="no tunnel in the database between"):
+        pol.by_addresses("198.18.0.1", "198.18.0.99", None)
+    assert [x.phase1.number for x in pol.by_names(["p1-3"], 1)] == [3]
+    assert [c.number for x in pol.by_names(["p2-11"], 2) for c in x.phase2] == [11]
+    with pytest.raises(LookupError_, match="no phase 2 tunnel named 'zz'"):
+        pol.by_names(["zz"], 2)
