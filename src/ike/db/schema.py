@@ -111,7 +111,10 @@ class SchemaError(Exception):
 
 def migrate(conn: sqlite3.Connection) -> None:
     """Bring the database up to SCHEMA_VERSION. Holds the write lock while checking, so two
-    processes opening a new file at once do not both run migration 1."""
+    processes opening a new file at once do not both run migration 1. An up-to-date file is only
+    read, so readers (ike cmd=list db, the daemon) never wait for the write lock."""
+    if conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION:
+        return
     conn.execute("BEGIN IMMEDIATE")
     try:
         version = conn.execute("PRAGMA user_version").fetchone()[0]

@@ -381,8 +381,13 @@ class _Reader:
                 ts = TrafficSelector.parse(a["Value"].strip())
             elif shape == "subnet":
                 mask = a["NetMask"].strip()
-                sep = "/" if mask.isdigit() else ","
-                ts = TrafficSelector.parse(f"{a['Value'].strip()}{sep}{mask}")
+                try:
+                    ts = TrafficSelector.subnet(f"{a['Value'].strip()}/{mask}")
+                except ValueError:
+                    self.bad(
+                        node, f"NetMask={mask!r} is not a prefix length or a contiguous netmask for {a['Value']!r}"
+                    )
+                    return None
             else:
                 ts = TrafficSelector.range(a["From"].strip(), a["To"].strip())
             ts = TrafficSelector(ts.start, ts.end, proto, *ports)
