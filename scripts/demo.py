@@ -9,8 +9,10 @@ Parts:
                tunnel, `ike cmd=remove all`
   3. database: `ike cmd=remove db ...`, `ike cmd=list db`
 
-A part whose code is not in this installation yet is announced as still to come. IKE_DEMO_DAEMON=no
-skips part 2, =yes insists on it. Nothing is left behind: temp files, namespaces and daemons are removed
+A part whose code is not in this installation yet is announced as still to come. Part 2 runs when
+DAEMON_PART_READY below is True (flip it once iked negotiates and carries traffic end to end; a
+committed daemon that cannot yet do that must not turn `make demo` red); IKE_DEMO_DAEMON=yes|no
+overrides it either way. Nothing is left behind: temp files, namespaces and daemons are removed
 also on failure. Everything uses the project's test addresses (198.18.0.0/15) inside the namespaces.
 """
 
@@ -23,12 +25,15 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
+from harness.iked import Iked, IkedError
 from harness.netns import Host, two_hosts
+
+# Switch for part 2 (see the module doc).
+DAEMON_PART_READY = False
 
 PSK = "ike demo key - not for real use"
 
@@ -83,8 +88,6 @@ class Side:
         self.dir = root / name
         (self.dir / "run").mkdir(parents=True)
         self.conf = self.dir / "isakmpd.conf"
-        self.log = self.dir / "iked.log"
-        self.conf.write_text(f"log_level = events\nlog_destination = {self.log}\n")
         self.env = {
             "IKE_DB": str(self.dir / "ike.db"),
             "IKE_RUNDIR": str(self.dir / "run"),
@@ -125,39 +128,22 @@ def part_database(a: Side, b: Side) -> None:
     b.sh("ike", "cmd=list", "db", "verbose")
 
 
-def wait_for_socket(side: Side, proc: subprocess.Popen[bytes], timeout: float = 20) -> None:
-    sock = Path(side.env["IKE_RUNDIR"]) / "iked.sock"
-    deadline = time.monotonic() + timeout
-    while not sock.exists():
-        if proc.poll() is not None:
-            raise DemoError(f"iked on {side.name} exited with {proc.returncode}; log:\n{read_log(side)}")
-        if time.monotonic() > deadline:
-            raise DemoError(f"iked on {side.name}: no control socket after {timeout}s; log:\n{read_log(side)}")
-        time.sleep(0.1)
-
-
-def read_log(side: Side) -> str:
-    parts = [p.read_text(errors="replace") for p in (side.log, side.dir / "iked.out") if p.exists()]
-    return "\n".join(parts)[-4000:]
-
-
-def part_daemon(root: Path, db_a: Side, db_b: Side) -> None:
+def part_daemon(db_a: Side, db_b: Side) -> None:
     banner("2. Two gateways in network namespaces, iked on each, the tunnel activated and used")
+    a, b = db_a, db_b
     with two_hosts() as (ha, hb):
-        a, b = db_a, db_b
-        a.host, b.host = ha, hb
         print(f"gw-a = namespace {ha.name}: veth0 {ha.outer4}, lan0 {ha.inner4}/24")
         print(f"gw-b = namespace {hb.name}: veth0 {hb.outer4}, lan0 {hb.inner4}/24")
         print("no route joins 198.19.1.0/24 and 198.19.2.0/24: only the tunnel can carry that traffic")
+        daemons: list[Iked] = []
         try:
             for side, host in ((a, ha), (b, hb)):
-                out = (side.dir / "iked.out").open("wb")
+                side.host = host
                 print(f"[{side.name}] $ iked --listen {host.outer4} --no-autostart &", flush=True)
-                proc = host.popen(
-                    ["iked", "--listen", host.outer4, "--no-autostart"], env=side.env, stdout=out, stderr=out
-                )
-                out.close()
-                wait_for_socket(side, proc)
+                # Same files as part 1: <dir>/ike.db, <dir>/run, <dir>/isakmpd.conf
+                d = Iked(host, workdir=side.dir, log_level="events")
+                daemons.append(d)
+                d.start()
             a.sh("ike", "cmd=activate", "phase=2", "numlist=1", "wait")
             a.sh("ike", "cmd=list")
             b.sh("ike", "cmd=list", "role=r")
@@ -170,12 +156,14 @@ def part_daemon(root: Path, db_a: Side, db_b: Side) -> None:
             a.sh("ike", "cmd=remove", "all")
             a.sh("ike", "cmd=list")
         except BaseException:
-            for side in (a, b):
-                print(f"--- {side.name} iked log (tail) ---\n{read_log(side)}", flush=True)
+            for side, d in zip((a, b), daemons, strict=False):
+                print(f"--- {side.name} iked log (tail) ---\n{d.log(60)}", flush=True)
             raise
         finally:
+            for d in daemons:
+                d.stop()
             a.host = b.host = None
-    # two_hosts() has stopped both daemons and removed both namespaces.
+    # two_hosts() has removed both namespaces and anything still running in them.
 
 
 def part_database_remove(a: Side) -> None:
@@ -185,25 +173,13 @@ def part_database_remove(a: Side) -> None:
     a.sh("ike", "cmd=list", "db")
 
 
-def has_dataplane() -> bool:
-    """iked asks ike.dataplane.create_backend for its data plane; without it no traffic can flow."""
-    if not has_module("ike.dataplane"):
-        return False
-    try:
-        import ike.dataplane as dp
-    except Exception:
-        return False
-    return hasattr(dp, "create_backend")
-
-
 def main() -> int:
     if os.geteuid() != 0:
         print("demo: run as root (it creates network namespaces and the ike commands need root)", file=sys.stderr)
         return 1
-    want_daemon = os.environ.get("IKE_DEMO_DAEMON", "auto").lower()
+    want_daemon = os.environ.get("IKE_DEMO_DAEMON", "yes" if DAEMON_PART_READY else "no").lower()
     have_db = has_module("ike.cli.main") and has_module("ike.cli.ikedb") and has_module("ike.db.store")
     have_daemon = has_module("ike.daemon.main")
-    have_dataplane = has_dataplane()
     to_come: list[str] = []
     print("ike demo: gw-a (198.18.0.1, 198.19.1.0/24) <== IKEv2 + ESP ==> gw-b (198.18.0.2, 198.19.2.0/24)")
     root = Path(tempfile.mkdtemp(prefix="ike-demo-"))
@@ -214,20 +190,20 @@ def main() -> int:
             part_database(a, b)
         else:
             to_come.append("the database commands (ikedb put, ike cmd=list db, ike cmd=remove db)")
-        run_daemon = want_daemon == "yes" or (want_daemon == "auto" and have_daemon and have_dataplane)
-        if want_daemon == "yes" and not (have_daemon and have_dataplane):
-            raise DemoError("IKE_DEMO_DAEMON=yes but iked or its data plane is not in this installation")
+        run_daemon = want_daemon == "yes"
+        if run_daemon and not have_daemon:
+            raise DemoError("the daemon part is switched on, but iked is not in this installation")
         if run_daemon and db_ran:
-            part_daemon(root, a, b)
+            part_daemon(a, b)
         else:
             to_come.append(
                 "the daemon part: iked on both gateways, ike cmd=activate ... wait, ike cmd=list, "
                 "a ping through the tunnel, ike cmd=remove all"
-                + ("" if want_daemon != "no" else " (skipped: IKE_DEMO_DAEMON=no)")
+                + ("" if DAEMON_PART_READY else " (switched off until iked carries traffic end to end)")
             )
         if db_ran:
             part_database_remove(a)
-    except DemoError as e:
+    except (DemoError, IkedError) as e:
         print(f"\ndemo FAILED: {e}", file=sys.stderr)
         return 1
     finally:
