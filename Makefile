@@ -5,6 +5,9 @@
 
 PYTHON ?= python3
 PYTEST_ARGS ?=
+# Per-test limit (pytest-timeout, installed by make install); a hung test fails and its cleanup runs.
+TEST_TIMEOUT ?= 300
+TIMEOUT_ARGS = $(shell $(PYTHON) -c "import pytest_timeout" 2>/dev/null && echo --timeout=$(TEST_TIMEOUT))
 
 .PHONY: help install lint pytest test demo bench clean-netns
 
@@ -31,7 +34,7 @@ lint:
 
 # pytest exits 5 when it collected nothing; that is reported, not treated as a failure.
 pytest:
-	@rc=0; $(PYTHON) -m pytest -q --durations=10 $(PYTEST_ARGS) || rc=$$?; \
+	@rc=0; $(PYTHON) -m pytest -q --durations=10 $(TIMEOUT_ARGS) $(PYTEST_ARGS) || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "0 passed, 0 failed (pytest collected no tests)"; rc=0; fi; \
 	exit $$rc
 

@@ -60,4 +60,7 @@ if sys.version_info < (3, 11):
     sys.exit(f"Python >= 3.11 needed, {sys.executable} is {sys.version.split()[0]} (set PYTHON=...)")
 PY
 log "pip: installing ike with test extras ($("$PYTHON" --version))"
-PIP_ROOT_USER_ACTION=ignore "$PYTHON" -m pip install -q --disable-pip-version-check -e '.[test]'
+export PIP_ROOT_USER_ACTION=ignore
+"$PYTHON" -m pip install -q --disable-pip-version-check -e '.[test]'
+# A hung test must fail by itself instead of eating CI's 90 minutes (make pytest sets the limit).
+"$PYTHON" -m pip install -q --disable-pip-version-check 'pytest-timeout>=2.2'
