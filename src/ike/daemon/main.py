@@ -95,9 +95,17 @@ class Daemon:
         self.control: ControlServer | None = None
         self.dataplane: Any = None
         self.factory: Any = None
+        self._policies: IndexedPolicies | None = None
+        self._policies_sig: tuple[object, ...] = ()
 
     def load_policies(self) -> IndexedPolicies:
-        return load_from_store(self.db)
+        """The database's definitions, re-read only when its files changed since the last read."""
+        sig = _file_signature(self.db)
+        if self._policies is None or sig != self._policies_sig:
+            self._policies = load_from_store(self.db)
+            self._policies_sig = sig
+            log.debug("tunnel definitions read from %s", self.db)
+        return self._policies
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -207,8 +215,6 @@ class Daemon:
             self.manager.reload_policies()
         except Exception as e:
             raise RequestError(f"cannot read the tunnel database {self.db}: {e}") from None
-        if hasattr(self.factory, "set_policies"):
-            self.factory.set_policies(self.manager.policies)
         return self.manager.policies
 
     # --- control requests -----------------------------------------------------------------------
@@ -298,6 +304,18 @@ class Daemon:
             for f in pending:
                 f.cancel()
         return {"results": m.outcome(results), "timed_out": timed_out}
+
+
+def _file_signature(db: Path) -> tuple[object, ...]:
+    sig: list[object] = []
+    for p in (db, db.with_name(db.name + "-wal")):
+        try:
+            st = p.stat()
+        except OSError:
+            sig.append(None)
+        else:
+            sig.append((st.st_ino, st.st_size, st.st_mtime_ns))
+    return tuple(sig)
 
 
 def _opt_str(args: dict[str, Any], key: str) -> str | None:

@@ -53,10 +53,11 @@ class EngineFactory(Protocol):
     def demux(self, data: bytes) -> Demux | None: ...
 
     def initiate(
-        self, phase1: Phase1Tunnel, phase2: Phase2Tunnel | None, local: Address, remote: Address, now: float
-    ) -> tuple[Engine, bool]:
-        """A new initiating engine; the bool says whether `phase2` was taken into the first exchange
-        (IKEv2 IKE_AUTH carries the first child); otherwise the manager calls start_child later."""
+        self, phase1: Phase1Tunnel, children: list[Phase2Tunnel], local: Address, remote: Address, now: float
+    ) -> tuple[Engine, list[Phase2Tunnel]]:
+        """A new initiating engine, and those of `children` it took on itself (IKEv2 carries the
+        first in IKE_AUTH; IKEv1 queues them all behind phase 1). The manager starts the rest
+        with start_child once phase 1 is up."""
         ...
 
     def respond(self, version: int, dg: Datagram, now: float) -> Engine | None: ...
@@ -223,8 +224,15 @@ class TunnelManager:
         return self.loop.time()
 
     def reload_policies(self) -> None:
-        if self.policy_loader is not None:
-            self.policies = self.policy_loader()
+        """Take the loader's current view (it re-reads the database only when the file changed)."""
+        if self.policy_loader is None:
+            return
+        new = self.policy_loader()
+        if new is not self.policies:
+            self.policies = new
+            setter = getattr(self.factory, "set_policies", None)
+            if callable(setter):
+                setter(new)
 
     # --- datagrams in ---------------------------------------------------------------------------
 
@@ -245,6 +253,10 @@ class TunnelManager:
         if dmx.our_spi is not None:
             slot = self.by_spi.get(dmx.our_spi)
         if slot is None:
+            # IKEv1 headers do not say which cookie is ours: for SAs we initiated it is CKY-I,
+            # which demux reports as the peer's.
+            slot = self.by_spi.get(dmx.peer_spi)
+        if slot is None:
             slot = self.half_open.get((remote, dmx.peer_spi))
         if slot is None:
             if dmx.our_spi is not None and any(dmx.our_spi):
@@ -259,6 +271,10 @@ class TunnelManager:
     def _new_responder(self, dmx: Demux, dg: Datagram) -> Slot | None:
         if self._closing:
             return None
+        try:
+            self.reload_policies()  # one stat() per new negotiation: definitions put since start count
+        except Exception as e:
+            log.error("cannot re-read the tunnel database: %s; answering with the definitions loaded before", e)
         try:
             engine = self.factory.respond(dmx.version, dg, self.now())
         except Exception:
@@ -352,6 +368,10 @@ class TunnelManager:
         self._call(slot, lambda e: e.handle_timer(self.now()))
 
     def _finished(self, slot: Slot) -> bool:
+        done = getattr(slot.engine, "finished", None)
+        if isinstance(done, bool):
+            # The engine knows best (IKEv1 keeps phase 2 SAs after its ISAKMP SA is gone).
+            return done and slot.p1_pending is None and not any(slot.p2_pending.values())
         if slot.ike_alive:
             return False
         return not any(e.live for e in slot.p2_by_child.values()) and not any(slot.p2_pending.values())
@@ -743,14 +763,13 @@ class TunnelManager:
         """Start what `targets` name; phase 1 only for phase=1. Returns one result per tunnel."""
         results: list[dict[str, Any]] = []
         for t in targets:
-            first = None if phase == 1 else (t.phase2[0] if t.phase2 else None)
-            p1e, existed, msg, took = self._ensure_phase1(t.phase1, first)
+            wanted = [] if phase == 1 else list(t.phase2)
+            p1e, existed, msg, taken = self._ensure_phase1(t.phase1, wanted)
             r1 = _result(1, t.phase1.number, t.phase1.name, p1e, "exists" if existed else msg or "started")
             results.append(r1)
-            if phase == 1:
-                continue
-            for p2 in t.phase2:
-                if took is not None and p2 is first:
+            for p2 in wanted:
+                took = taken.get(p2.number)
+                if took is not None:
                     results.append(_result(2, p2.number, p2.name, took, "started"))
                     continue
                 if p1e is None or not p1e.live:
@@ -771,41 +790,42 @@ class TunnelManager:
         return results
 
     def _ensure_phase1(
-        self, p1: Phase1Tunnel, child: Phase2Tunnel | None
-    ) -> tuple[P1Entry | None, bool, str | None, P2Entry | None]:
-        """The live phase 1 for `p1`, or a new initiator; also the phase 2 entry for `child` when
-        the engine took it into its first exchange."""
+        self, p1: Phase1Tunnel, children: list[Phase2Tunnel]
+    ) -> tuple[P1Entry | None, bool, str | None, dict[int, P2Entry]]:
+        """The live phase 1 for `p1`, or a new initiator; also the phase 2 entries for those of
+        `children` the new engine took into its own first exchanges."""
         live = self.p1_live_by_def.get(p1.number)
         if live is not None and live.slot is not None and not live.slot.dead:
-            return live, True, None, None
+            return live, True, None, {}
         remote_ip = p1.remote_addr.strip()
         if remote_ip in ("", "0.0.0.0", "::"):  # noqa: S104
             e = self._dead_p1(p1, f"phase 1 tunnel {p1.name} has no remote address: it can only respond")
-            return e, False, "failed", None
+            return e, False, "failed", {}
         local_ip = _local_for(p1.local_addr, remote_ip)
         local, remote = (local_ip, 500), (remote_ip, 500)
-        if child is not None and self.p2_live_by_def.get(child.number) is not None:
-            child = None  # already up (e.g. under a responder SA); nothing to carry in IKE_AUTH
+        # Children already up (e.g. under a responder SA) are not negotiated again.
+        fresh = [c for c in children if c.number not in self.p2_live_by_def]
         try:
-            engine, took_child = self.factory.initiate(p1, child, local, remote, self.now())
+            engine, took = self.factory.initiate(p1, fresh, local, remote, self.now())
         except Exception as e:
             log.exception("starting phase 1 tunnel %s failed", p1.name)
             d = self._dead_p1(p1, f"could not start: {e}")
-            return d, False, "failed", None
+            return d, False, "failed", {}
         slot = self._add_slot(engine, p1.policy.version, Role.INITIATOR, remote)
         entry = P1Entry(self._next_p1, Role.INITIATOR, p1, local, remote, p1.policy.version, slot=slot)
         self._next_p1 += 1
         self.p1[entry.number] = entry
         self.p1_live_by_def[p1.number] = entry
         slot.p1_pending = entry
-        p2e: P2Entry | None = None
-        if took_child and child is not None:
+        taken: dict[int, P2Entry] = {}
+        for child in took:
             p2e = self._new_p2(Role.INITIATOR, child, entry, slot)
             slot.p2_pending.setdefault(child.number, []).append(p2e)
             self.p2_live_by_def[child.number] = p2e
+            taken[child.number] = p2e
         log.info("phase 1 tunnel %d (%s): initiating IKEv%d to %s", entry.number, p1.name, p1.policy.version, remote_ip)
         self._pump(slot)
-        return entry, False, "failed" if entry.state == "failed" else None, p2e
+        return entry, False, "failed" if entry.state == "failed" else None, taken
 
     def _dead_p1(self, p1: Phase1Tunnel, reason: str) -> P1Entry:
         e = P1Entry(self._next_p1, Role.INITIATOR, p1, (p1.local_addr, 500), (p1.remote_addr, 500), p1.policy.version)

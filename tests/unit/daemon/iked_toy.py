@@ -287,12 +287,14 @@ class ToyFactory:
         return Demux(spi_r, spi_i, 2) if body.get("from") == "i" else Demux(spi_i, spi_r, 2)
 
     def initiate(
-        self, phase1: Phase1Tunnel, phase2: Phase2Tunnel | None, local: Address, remote: Address, now: float
-    ) -> tuple[ToyEngine, bool]:
+        self, phase1: Phase1Tunnel, children: list[Phase2Tunnel], local: Address, remote: Address, now: float
+    ) -> tuple[ToyEngine, list[Phase2Tunnel]]:
+        """Like IKEv2: the first child rides along with the IKE SA, the rest the manager starts."""
         e = ToyEngine(Role.INITIATOR, self.policies, local, remote, phase1.policy.version)
-        e.start(phase1, phase2, now)
+        first = children[0] if children else None
+        e.start(phase1, first, now)
         self.engines.append(e)
-        return e, phase2 is not None
+        return e, [first] if first is not None else []
 
     def respond(self, version: int, dg: Datagram, now: float) -> ToyEngine | None:
         e = ToyEngine(Role.RESPONDER, self.policies, dg.local, dg.remote)

@@ -1,0 +1,179 @@
+"""Two iked hosts in network namespaces: `ike cmd=activate ... wait`, list, ping through, remove.
+
+Every test here needs root and namespaces: under CI=true a missing prerequisite fails the test.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from harness import require_root, require_tools
+from harness.iked import Iked
+from harness.netns import Host, two_hosts
+
+PSK = "iked netns test key"
+
+SIDE = """<?xml version="1.0" encoding="UTF-8"?>
+<AIX_VPN Version="2.0">
+  <IKEProtection IKE_ProtectionName="p1pol" IKE_Version="{version}" IKE_XCHGMode="{mode}"
+                 IKE_AuthenticationMethod="Preshared_key" IKE_KeyRefreshSeconds="{p1life}">
+    <IKETransform IKE_Encryption="aes-cbc" IKE_KeyLength="256" {integ}
+                  IKE_PRF="hmac-sha2-256" IKE_DHGroup="{dh}"/>
+  </IKEProtection>
+  <IPSecProtection IPSec_ProtectionName="p2pol" IPSec_EncapsulationMode="Tunnel" IPSec_PFSGroup="{pfs}"
+                   IPSec_KeyRefreshSeconds="{p2life}">
+    <IPSecESPProtocol ESP_Encryption="{esp}" ESP_KeyLength="256" {esp_auth}/>
+  </IPSecProtection>
+  <IKETunnel IKE_TunnelName="gw" IKE_ProtectionRef="p1pol" IKE_Flags_AutoStart="{autostart}">
+    <IKELocalIdentity><IPV4_Address Value="{my_gw}"/></IKELocalIdentity>
+    <IKERemoteIdentity><IPV4_Address Value="{peer_gw}"/></IKERemoteIdentity>
+  </IKETunnel>
+  <IPSecTunnel IPSec_TunnelName="net" IKE_TunnelName="gw" IPSec_ProtectionRef="p2pol"
+               IPSec_Flags_AutoStart="{autostart}">
+    <IPSecLocalIdentity><IPV4_Subnet Value="{my_net}" NetMask="255.255.255.0"/></IPSecLocalIdentity>
+    <IPSecRemoteIdentity><IPV4_Subnet Value="{peer_net}" NetMask="255.255.255.0"/></IPSecRemoteIdentity>
+  </IPSecTunnel>
+  <IPSecTunnel IPSec_TunnelName="icmp" IKE_TunnelName="gw" IPSec_ProtectionRef="p2pol" IPSec_Flags_AutoStart="No">
+    <IPSecLocalIdentity><IPV4_Address Value="{my_host}" Protocol="icmp"/></IPSecLocalIdentity>
+    <IPSecRemoteIdentity><IPV4_Address Value="{peer_host}" Protocol="icmp"/></IPSecRemoteIdentity>
+  </IPSecTunnel>
+  <IKEPresharedKey Value="{psk}">
+    <PK_Identity><IPV4_Address Value="{peer_gw}"/></PK_Identity>
+  </IKEPresharedKey>
+</AIX_VPN>
+"""
+
+
+def side_xml(me: Host, peer: Host, version: int = 2, psk: str = PSK, dh: int = 19, **kw: Any) -> str:
+    params: dict[str, Any] = {
+        "version": version,
+        "mode": "Main",
+        "p1life": 28800,
+        "p2life": 3600,
+        "dh": dh,
+        "pfs": "none",
+        "esp": "aes-gcm-16",
+        "esp_auth": "",
+        "integ": 'IKE_Integrity="hmac-sha2-256-128"' if version == 2 else "",
+        "autostart": "No",
+    }
+    params.update(kw)
+    return SIDE.format(
+        my_gw=me.outer4,
+        peer_gw=peer.outer4,
+        my_net=me.inner_net4.split("/")[0],
+        peer_net=peer.inner_net4.split("/")[0],
+        my_host=me.inner4,
+        peer_host=peer.inner4,
+        psk=psk,
+        **params,
+    )
+
+
+@pytest.fixture
+def hosts() -> Iterator[tuple[Host, Host]]:
+    require_root()
+    require_tools("ip", "ping")
+    with two_hosts() as ab:
+        yield ab
+
+
+def listing(d: Iked, *args: str) -> dict[str, Any]:
+    out = d.ike("cmd=list", "format=json", *args)
+    result: dict[str, Any] = json.loads(out.stdout)
+    return result
+
+
+def engine_available(version: int) -> bool:
+    import importlib
+
+    try:
+        mod = importlib.import_module(f"ike.proto.v{version}")
+    except ImportError:
+        return False
+    return hasattr(mod, f"Ikev{version}Engine")
+
+
+def need_engine(version: int) -> None:
+    from harness import require
+
+    require(engine_available(version), f"the IKEv{version} engine is not in this checkout yet")
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_activate_wait_list_ping_remove(hosts: tuple[Host, Host], version: int) -> None:
+    need_engine(version)
+    a, b = hosts
+    with Iked(a, dataplane="userspace") as ia, Iked(b, dataplane="userspace") as ib:
+        ia.put(side_xml(a, b, version))
+        ib.put(side_xml(b, a, version))
+        assert a.ping(b.inner4, count=1, src=a.inner4).returncode != 0  # no tunnel, no route
+        out = ia.ike("cmd=activate", "phase=2", "numlist=1", "wait")
+        assert re.search(r"phase 1 tunnel gw \(database tunnel 1\): established as active tunnel 1", out.stdout)
+        assert re.search(r"phase 2 tunnel net \(database tunnel 1\): established as active tunnel 1", out.stdout)
+        ping = a.ping(b.inner4, count=3, src=a.inner4)
+        assert ping.returncode == 0, ping.stdout + ping.stderr + ia.log(80)
+
+        la, lb = listing(ia), listing(ib)
+        (t1,) = la["tunnels"]
+        assert t1["state"] == "established" and t1["role"] == "i" and t1["version"] == version
+        (c1,) = t1["phase2"]
+        assert c1["state"] == "established" and c1["packets_out"] >= 3 and c1["packets_in"] >= 3
+        (r1,) = lb["tunnels"]
+        assert r1["role"] == "r" and r1["phase2"][0]["spi_in"] == c1["spi_out"]
+
+        # concise and verbose text listings
+        text = ia.ike("cmd=list").stdout
+        assert re.search(r"^1\s+1\s+1\s+Active\s+Initiator\s+198\.18\.0\.1\s+198\.18\.0\.2", text, re.M), text
+        assert re.search(r"^2\s+1\s+1\s+Active\s+Initiator\s+198\.19\.1\.0/24\s+198\.19\.2\.0/24", text, re.M), text
+        verbose = ib.ike("cmd=list", "role=r", "verbose").stdout
+        assert "Role:" in verbose and "Responder" in verbose and "packets in" in verbose
+
+        # a second phase 2 shares the phase 1 SA
+        out = ia.ike("cmd=activate", "phase=2", "numlist=2", "wait")
+        assert "already active as active tunnel 1" in out.stdout and "established as active tunnel 2" in out.stdout
+        la = listing(ia, "phase=1+")
+        assert len(la["tunnels"]) == 1 and len(la["tunnels"][0]["phase2"]) == 2
+
+        # activating what exists returns at once and says so
+        out = ia.ike("cmd=activate", "phase=2", "numlist=1")
+        assert "already active" in out.stdout
+
+        # remove phase 2 tunnel 1 only: traffic stops, phase 1 stays, the peer follows
+        ia.ike("cmd=remove", "phase=2", "numlist=1")
+        time.sleep(0.5)
+        assert a.ping(b.inner4, count=1, src=a.inner4).returncode != 0
+        la = listing(ia)
+        assert [c["tunnel"] for c in la["tunnels"][0]["phase2"]] == [2]
+        lb = listing(ib, "phase=2")
+        assert [t["name"] for t in lb["tunnels"] if t["state"] == "established"] == ["icmp"]
+
+        # unknown numbers are clear errors
+        bad = ia.ike("cmd=remove", "phase=1", "numlist=9", check=False)
+        assert bad.returncode != 0 and "no active phase 1 tunnel numbered 9" in bad.stderr
+
+        ia.ike("cmd=remove", "all")
+        assert listing(ia)["tunnels"] == []
+        assert ia.alive() and ib.alive()
+
+
+def test_errors_without_daemon_and_bad_numbers(hosts: tuple[Host, Host]) -> None:
+    a, _b = hosts
+    d = Iked(a, dataplane="none")
+    try:
+        r = d.ike("cmd=list", check=False)
+        assert r.returncode == 3 and "iked is not running" in r.stderr
+        d.start()
+        r = d.ike("cmd=activate", "phase=2", "numlist=5", check=False)
+        assert r.returncode == 1 and "no phase 2 tunnel number 5 in the database" in r.stderr
+        r = d.ike("cmd=list", "numlist=4", check=False)
+        assert r.returncode == 1 and "no active phase 1 tunnel number 4" in r.stderr
+        assert d.alive()
+    finally:
+        d.stop()
