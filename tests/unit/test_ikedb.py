@@ -2,18 +2,29 @@
 
 from __future__ import annotations
 
+import ipaddress
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ike import certgen
 from ike.cli import ikedb
-from ike.db.model import Definitions
+from ike.db.model import Definitions, Phase1Spec, Phase2Spec, PresharedKey
 from ike.db.store import Store
 from ike.db.xmlio import XmlError, read_definitions, swap, write_definitions
+from ike.policy import (
+    DataManagementPolicy,
+    EspProposal,
+    Identity,
+    IkeProposal,
+    KeyManagementPolicy,
+    TrafficSelector,
+)
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -399,3 +410,73 @@ def test_certgen_example_certificates_match_the_example_identities(tmp_path: Pat
 
     san = host.cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert defs.phase1[0].local_id.value in san.get_values_for_type(x509.DNSName)
+
+
+def test_the_documented_complete_example_imports(db: Path, tmp_path: Path) -> None:
+    doc = (EXAMPLES.parent / "docs" / "database.md").read_text()
+    start = doc.index("```xml\n") + len("```xml\n")
+    xml = doc[start : doc.index("```", start)]
+    assert put(tmp_path, xml) == 0
+    with Store(db) as s:
+        assert [t.name for t in s.phase1_tunnels()] == ["a-b", "laptop"]
+        assert [t.name for t in s.phase2_tunnels()] == ["a-b-nets", "a-b-dns", "laptop-net"]
+        assert s.phase1(1).credentials.psk == b"a long random shared secret"  # type: ignore[union-attr]
+
+
+names = st.from_regex(r"[a-z][a-z0-9_.-]{0,10}", fullmatch=True)
+keys = st.binary(min_size=1, max_size=40)
+ipv4 = st.ip_addresses(v=4, network="198.18.0.0/15").map(str)
+
+
+@st.composite
+def selectors(draw: st.DrawFn) -> TrafficSelector:
+    a, b = sorted([draw(st.integers(0, 2**17 - 1)), draw(st.integers(0, 2**17 - 1))])
+    base = int(ipaddress.ip_address("198.18.0.0"))
+    proto = draw(st.sampled_from([0, 1, 6, 17, 47]))
+    ports = (0, 65535)
+    if proto in (6, 17) and draw(st.booleans()):
+        lo = draw(st.integers(0, 65535))
+        ports = (lo, draw(st.integers(lo, 65535)))
+    return TrafficSelector(ipaddress.ip_address(base + a), ipaddress.ip_address(base + b), proto, *ports)  # type: ignore[arg-type]
+
+
+@given(
+    p1_names=st.lists(names, min_size=1, max_size=3, unique=True),
+    p2=st.lists(st.tuples(names, selectors(), selectors(), st.booleans()), max_size=4, unique_by=lambda t: t[0]),
+    remote=ipv4,
+    psk=keys,
+    autostart=st.booleans(),
+)
+@settings(max_examples=40, deadline=None)
+def test_write_then_read_is_the_identity(
+    p1_names: list[str],
+    p2: list[tuple[str, TrafficSelector, TrafficSelector, bool]],
+    remote: str,
+    psk: bytes,
+    autostart: bool,
+) -> None:
+    km = KeyManagementPolicy("k", proposals=(IkeProposal("aes-cbc", 128, "hmac-sha1-96", "hmac-sha1", 14),))
+    dm = DataManagementPolicy("d", proposals=(EspProposal("aes-gcm-16", 128, None, autostart),), pfs_group=19)
+    defs = Definitions(
+        km_policies=[km],
+        dm_policies=[dm],
+        phase1=[
+            Phase1Spec(
+                n,
+                Identity.parse("198.18.0.1"),
+                Identity.parse(remote),
+                "198.18.0.1",
+                remote,
+                "k",
+                autostart=autostart,
+                number=i + 1,
+            )
+            for i, n in enumerate(p1_names)
+        ],
+        phase2=[Phase2Spec(n, p1_names[0], lt, rt, "d", auto) for n, lt, rt, auto in p2],
+        psks=[PresharedKey(Identity.parse(remote), psk)],
+    )
+    text = write_definitions(defs)
+    back, _ = read_definitions(text.encode(), "x.xml", Path("/"))
+    assert back == defs
+    assert write_definitions(back) == text
