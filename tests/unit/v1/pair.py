@@ -28,6 +28,7 @@ from ike.proto.api import (
     Event,
     IkeSaEstablished,
     PacketDropped,
+    SpiAdded,
 )
 from ike.proto.identity import identities_match
 from ike.proto.v1 import Ikev1Engine, demux
@@ -48,9 +49,7 @@ class Policies:
 
     def phase1_by_address(self, local_ip: str, remote_ip: str) -> Sequence[Phase1Tunnel]:
         return [
-            t
-            for t in self.phase1s
-            if t.local_addr in (local_ip, "0.0.0.0") and t.remote_addr in (remote_ip, "0.0.0.0")
+            t for t in self.phase1s if t.local_addr in (local_ip, "0.0.0.0") and t.remote_addr in (remote_ip, "0.0.0.0")
         ]
 
     def phase1_by_identity(self, local_ip: str, remote_ip: str, remote_id: Identity) -> Phase1Tunnel | None:
@@ -119,7 +118,9 @@ def phase2(
         f"p2pol{number}", protocol=protocol, proposals=proposals, pfs_group=pfs, lifetime_s=lifetime_s,
         lifetime_kb=lifetime_kb, mode=mode,
     )  # fmt: skip
-    return Phase2Tunnel(number, f"c{number}", p1.number, TrafficSelector.parse(local), TrafficSelector.parse(remote), pol)
+    return Phase2Tunnel(
+        number, f"c{number}", p1.number, TrafficSelector.parse(local), TrafficSelector.parse(remote), pol
+    )
 
 
 def mirror(p2: Phase2Tunnel, p1: Phase1Tunnel) -> Phase2Tunnel:
@@ -152,7 +153,9 @@ class Pair:
         self.drop: Callable[[int, str, Datagram], bool] = lambda i, to, dg: False
         self.sent = 0
         self.nat = nat  # a NAT in front of `a` maps 198.18.0.1 -> 198.18.1.1 with other ports
-        self.b: Ikev1Engine | None = None
+        self.bs: list[Ikev1Engine] = []  # responder engines, one per negotiation the peer started
+        self.routes: dict[bytes, Ikev1Engine] = {}  # b's cookies (SpiAdded) -> engine, as the daemon does
+        self.half_open: dict[bytes, Ikev1Engine] = {}  # by the initiator's cookie
         self.a = Ikev1Engine.initiate(
             a_p1, a_children, a_policies or Policies([a_p1]), self.settings, (A_IP, 500), (B_IP, 500), self.now
         )
@@ -177,16 +180,18 @@ class Pair:
             self._put("b", self._nat_out(dg))
         while (ev := self.a.next_event()) is not None:
             self.a_events.append(ev)
-        if self.b is not None:
-            for dg in self.b.datagrams_to_send():
+        for b in self.bs:
+            for dg in b.datagrams_to_send():
                 # what b sends travels to a through the NAT (reverse mapping)
                 if self.nat:
                     dg = Datagram(dg.data, (A_IP, 500 if dg.remote[1] == 40500 else 4500), dg.local)
                     self._put("a", dg)
                 else:
                     self._put("a", Datagram(dg.data, dg.remote, dg.local))
-            while (ev := self.b.next_event()) is not None:
+            while (ev := b.next_event()) is not None:
                 self.b_events.append(ev)
+                if isinstance(ev, SpiAdded):
+                    self.routes[ev.spi] = b
 
     def _put(self, to: str, dg: Datagram) -> None:
         i = self.sent
@@ -201,14 +206,18 @@ class Pair:
             # as b sees it: local = b's address, remote = a's (or the NAT's) address
             rx = Datagram(dg.data, dg.local if self.nat else dg.remote, dg.remote if self.nat else dg.local)
             rx = Datagram(dg.data, (B_IP, rx.local[1]), rx.remote)
-            if self.b is None:
-                d = demux(dg.data)
-                assert d is not None
-                self.b = Ikev1Engine.respond(rx, self.b_policies, self.b_settings, self.now)
-                if self.b is None:
-                    return
+            d = demux(dg.data)
+            assert d is not None
+            eng = (self.routes.get(d.our_spi) if d.our_spi else None) or self.routes.get(d.peer_spi)
+            if eng is None and d.our_spi is None:
+                eng = self.half_open.get(d.peer_spi)
+            if eng is None:
+                new = Ikev1Engine.respond(rx, self.b_policies, self.b_settings, self.now)
+                if new is not None:
+                    self.bs.append(new)
+                    self.half_open[d.peer_spi] = new
             else:
-                self.b.receive_datagram(rx, self.now)
+                eng.receive_datagram(rx, self.now)
         else:
             self.a.receive_datagram(dg, self.now)
         self.collect()
@@ -219,7 +228,7 @@ class Pair:
             if self.wire:
                 self.deliver_one()
                 continue
-            timers = [t for t in (self.a.get_timer(), self.b.get_timer() if self.b else None) if t is not None]
+            timers = [t for t in [self.a.get_timer(), *(b.get_timer() for b in self.bs)] if t is not None]
             if not timers or until is None:
                 return
             t = min(timers)
@@ -228,10 +237,20 @@ class Pair:
                 return
             self.now = max(self.now, t)
             self.a.handle_timer(self.now)
-            if self.b is not None:
-                self.b.handle_timer(self.now)
+            for b in self.bs:
+                b.handle_timer(self.now)
             self.collect()
         raise AssertionError("did not settle")
+
+    @property
+    def b(self) -> Ikev1Engine | None:
+        return self.bs[-1] if self.bs else None
+
+    def forget_b(self) -> None:
+        """The peer restarts and loses all state."""
+        self.bs.clear()
+        self.routes.clear()
+        self.half_open.clear()
 
     def advance(self, seconds: float) -> None:
         self.run(until=self.now + seconds)

@@ -61,7 +61,9 @@ class LocalCredentials:
         if method is AuthMethod.ED25519:
             raise AuthFailure(f"tunnel {tunnel.name}: Ed25519 signatures are not defined for IKEv1; use rsa or ecdsa")
         if not (cr.cert_file and cr.key_file and cr.ca_file):
-            raise AuthFailure(f"tunnel {tunnel.name}: {method.value} authentication needs a certificate, key and CA file")
+            raise AuthFailure(
+                f"tunnel {tunnel.name}: {method.value} authentication needs a certificate, key and CA file"
+            )
         try:
             from ike.proto import certs
 
@@ -130,7 +132,7 @@ def verify_signature(cert: x509.Certificate, method: int, signature: bytes, data
         if method == AUTH_RSA_SIG:
             if not isinstance(pub, rsa.RSAPublicKey):
                 raise AuthFailure("RSA signature method but the peer's certificate has no RSA key")
-            pub.verify(signature, data, padding.PKCS1v15(), NoDigestInfo())
+            pub.verify(signature, data, padding.PKCS1v15(), NoDigestInfo())  # type: ignore[arg-type]
             return
         if method in AUTH_ECDSA:
             if not isinstance(pub, ec.EllipticCurvePublicKey):

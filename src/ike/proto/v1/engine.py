@@ -134,7 +134,7 @@ class Ikev1Engine:
         self._children: dict[int, _Child] = {}
         self._pending: list[tuple[Phase2Tunnel, int | None]] = []
         self._flights: dict[tuple[object, ...], _Flight] = {}
-        self._answers: OrderedDict[bytes, tuple[bytes, Address, Address]] = OrderedDict()
+        self._answers: OrderedDict[bytes, tuple[bytes | None, Address, Address]] = OrderedDict()
         self._events: deque[Event] = deque()
         self._out: list[Datagram] = []
         self._next_sa_id = 1
@@ -142,6 +142,7 @@ class Ikev1Engine:
         self._closing = False
         self._ever_established = False
         self._now = now
+        self._current_request = b""
 
     # --- constructors -----------------------------------------------------------------------------
 
@@ -163,9 +164,7 @@ class Ikev1Engine:
         return eng
 
     @classmethod
-    def respond(
-        cls, dg: Datagram, policies: PolicySource, settings: EngineSettings, now: float
-    ) -> Ikev1Engine | None:
+    def respond(cls, dg: Datagram, policies: PolicySource, settings: EngineSettings, now: float) -> Ikev1Engine | None:
         """A responder for a first main or aggressive mode message; None for anything else."""
         try:
             h = Header.decode(dg.data)
@@ -240,7 +239,7 @@ class Ikev1Engine:
             for cookie in list(self._sas):
                 sa = self._sas[cookie]
                 if cookie in self._timers:
-                    self._send(informational.delete_isakmp(sa), sa.local, sa.remote)
+                    self._send_final(informational.delete_isakmp(sa), sa)
                     self._drop_sa(cookie, "deleted locally")
                 else:
                     self._abandon_phase1(cookie)
@@ -296,9 +295,18 @@ class Ikev1Engine:
     def _send_waiting(self, key: tuple[object, ...], data: bytes, sa: IsakmpSa, phase: int, what: str,
                       now: float) -> None:  # fmt: skip
         self._send(data, sa.local, sa.remote)
-        self._flights[key] = _Flight(data, sa.local, sa.remote, now + self._settings.retransmit_timeout_s, 0, phase, what)
+        self._flights[key] = _Flight(
+            data, sa.local, sa.remote, now + self._settings.retransmit_timeout_s, 0, phase, what
+        )
 
-    def _remember_answer(self, request: bytes, data: bytes, sa: IsakmpSa) -> None:
+    def _send_final(self, data: bytes, sa: IsakmpSa) -> None:
+        """A message nothing answers (MM6, AM3, QM3, informational) goes out twice: a lost copy
+        cannot be noticed by a timer, and the receiver ignores the duplicate."""
+        self._send(data, sa.local, sa.remote)
+        self._send(data, sa.local, sa.remote)
+
+    def _remember_answer(self, request: bytes, data: bytes | None, sa: IsakmpSa) -> None:
+        """What we answered to an accepted message (None: nothing), for its retransmissions."""
         self._answers[_digest(request)] = (data, sa.local, sa.remote)
         while len(self._answers) > _RESPONSE_CACHE:
             self._answers.popitem(last=False)
@@ -323,9 +331,10 @@ class Ikev1Engine:
             self._dropped(f"not a valid ISAKMP message: {e}", dg.remote)
             return
         answer = self._answers.get(_digest(dg.data))
-        if answer is not None:  # a retransmission of something we answered: answer again
+        if answer is not None:  # a retransmission of something we accepted: answer again
             data, _local, _remote = answer
-            self._send(data, dg.local, dg.remote)
+            if data is not None:
+                self._send(data, dg.local, dg.remote)
             return
         sa = self._find_sa(h)
         if sa is None:
@@ -355,9 +364,12 @@ class Ikev1Engine:
 
     def _find_sa(self, h: Header) -> IsakmpSa | None:
         sa = self._sas.get(h.cky_i)
-        if sa is not None and sa.role is Role.INITIATOR:
-            if sa.cky_r == h.cky_r or sa.cky_r == ZERO_COOKIE or h.cky_r == ZERO_COOKIE:
-                return sa
+        if (
+            sa is not None
+            and sa.role is Role.INITIATOR
+            and (sa.cky_r == h.cky_r or sa.cky_r == ZERO_COOKIE or h.cky_r == ZERO_COOKIE)
+        ):
+            return sa
         sa = self._sas.get(h.cky_r)
         if sa is not None and sa.role is Role.RESPONDER and sa.cky_i == h.cky_i:
             return sa
@@ -396,7 +408,7 @@ class Ikev1Engine:
     def _phase1_step(self, sa: IsakmpSa, x: Phase1Exchange, dg: Datagram, h: Header, now: float) -> None:
         cookie = sa.our_cookie
         try:
-            out = x.receive(dg, h, now)  # type: ignore[attr-defined]
+            out = x.receive(dg, h, now)
         except Drop as e:
             self._dropped(e.reason, dg.remote)
             return
@@ -405,12 +417,12 @@ class Ikev1Engine:
             return
         self._flights.pop(("p1", cookie), None)
         if out is not None:
-            if x.awaiting_reply:  # type: ignore[attr-defined]
+            if x.awaiting_reply:
                 self._send_waiting(("p1", cookie), out, sa, 1, f"{x.mode_name} with {sa.remote[0]}", now)
             else:
-                self._send(out, sa.local, sa.remote)
-            self._remember_answer(dg.data, out, sa)
-        if x.established:  # type: ignore[attr-defined]
+                self._send_final(out, sa)
+        self._remember_answer(dg.data, out, sa)
+        if x.established:
             self._phase1_established(sa, x, now)
 
     def _fail_phase1(self, sa: IsakmpSa, x: Phase1Exchange, e: ExchangeFailed) -> None:
@@ -475,7 +487,7 @@ class Ikev1Engine:
         if sa.rekey_of is not None:
             for old_cookie, old in list(self._sas.items()):
                 if old.sa_id == sa.rekey_of and old_cookie in self._timers:
-                    self._send(informational.delete_isakmp(old), old.local, old.remote)
+                    self._send_final(informational.delete_isakmp(old), old)
                     self._drop_sa(old_cookie, "rekeyed")
         pending, self._pending = self._pending, []
         for p2, rekey_of in pending:
@@ -548,8 +560,8 @@ class Ikev1Engine:
             if qm.awaiting_reply:
                 self._send_waiting(("qm", cookie, h.message_id), out, sa, 2, f"quick mode with {sa.remote[0]}", now)
             else:
-                self._send(out, sa.local, sa.remote)
-            self._remember_answer(dg.data, out, sa)
+                self._send_final(out, sa)
+        self._remember_answer(dg.data, out, sa)
         if qm.done:
             self._child_established(sa, qm, now)
 
@@ -632,13 +644,14 @@ class Ikev1Engine:
         if notify_peer:
             sa = self._current_sa()
             if sa is not None:
-                self._send(informational.delete_ipsec(sa, c.protocol, (c.inbound_spi,)), sa.local, sa.remote)
+                self._send_final(informational.delete_ipsec(sa, c.protocol, (c.inbound_spi,)), sa)
         self._events.append(ChildSaDeleted(child_id, reason))
 
     # --- informational ----------------------------------------------------------------------------
 
     def _informational(self, sa: IsakmpSa, dg: Datagram, h: Header, now: float) -> None:
         cookie = sa.our_cookie
+        self._current_request = dg.data
         rx = informational.receive(sa if sa.keys is not None else None, dg.data, h)
         if not rx.protected:
             # Only an error notify during phase 1, before there are keys, is believed unprotected.
@@ -655,6 +668,7 @@ class Ikev1Engine:
         t = self._timers.get(cookie)
         if t is not None:
             t.last_heard = now
+        self._remember_answer(dg.data, None, sa)
         for n in rx.notifies:
             self._on_notify(sa, n, now)
         for d in rx.deletes:
@@ -668,7 +682,9 @@ class Ikev1Engine:
         if n.notify_type == NotifyType.R_U_THERE:
             if len(n.data) != 4 or n.spi != sa.cookies:
                 raise Drop("R-U-THERE with a bad sequence number or SPI")
-            self._send(informational.r_u_there_ack(sa, int.from_bytes(n.data, "big")), sa.local, sa.remote)
+            ack = informational.r_u_there_ack(sa, int.from_bytes(n.data, "big"))
+            self._send_final(ack, sa)
+            self._remember_answer(self._current_request, ack, sa)
             return
         if n.notify_type == NotifyType.R_U_THERE_ACK:
             t = self._timers.get(cookie)
@@ -709,7 +725,9 @@ class Ikev1Engine:
             for spi in d.spis:
                 for c in list(self._children.values()):
                     if c.outbound_spi == spi and c.protocol == d.protocol:
-                        self._delete_child(c.child_id, "rekeyed" if c.replaced else "deleted by peer", notify_peer=False)
+                        self._delete_child(
+                            c.child_id, "rekeyed" if c.replaced else "deleted by peer", notify_peer=False
+                        )
 
     # --- timers -----------------------------------------------------------------------------------
 
@@ -728,7 +746,7 @@ class Ikev1Engine:
                 continue
             sa = self._sas[cookie]
             if now >= t.expire_at:
-                self._send(informational.delete_isakmp(sa), sa.local, sa.remote)
+                self._send_final(informational.delete_isakmp(sa), sa)
                 self._drop_sa(cookie, "expired")
                 continue
             if t.rekey_at is not None and now >= t.rekey_at:
@@ -780,14 +798,20 @@ class Ikev1Engine:
 
     def _peer_dead(self) -> None:
         action = self._phase1.policy.dpd_action if self._phase1 is not None else DpdAction.CLEAR
-        restart = [(c.phase2, None) for c in self._children.values() if not c.replaced]
+        restart: list[tuple[Phase2Tunnel, int | None]] = [
+            (c.phase2, None) for c in self._children.values() if not c.replaced
+        ]
         for cookie in list(self._sas):
             self._drop_sa(cookie, "peer unreachable (DPD)")
         for cid in list(self._children):
             self._delete_child(cid, "peer unreachable (DPD)", notify_peer=False)
         self._qms.clear()
         self._flights.clear()
-        if action is DpdAction.RESTART and self._phase1 is not None and self._phase1.remote_addr not in ("", "0.0.0.0", "::"):
+        if (
+            action is DpdAction.RESTART
+            and self._phase1 is not None
+            and self._phase1.remote_addr not in ("", "0.0.0.0", "::")  # noqa: S104 (an "any" peer)
+        ):
             self._pending = restart
             self._local = (self._local[0], 500)
             self._remote = (self._remote[0], 500)

@@ -66,7 +66,9 @@ class IsakmpSa:
         from ike.proto.v1.keys import encryption_key
 
         self.keys = keys
-        self.cipher = IkeCipher(self.proposal.encr, encryption_key(self.prf_name, keys.e, e.key_material_len(self.proposal.encr_keylen)))
+        self.cipher = IkeCipher(
+            self.proposal.encr, encryption_key(self.prf_name, keys.e, e.key_material_len(self.proposal.encr_keylen))
+        )
         self.iv = IvChain(self.prf_name, self.cipher.block_size, iv0)
 
     def header(self, exchange: int, msgid: int, flags: int = 0) -> Header:
@@ -105,7 +107,9 @@ class IsakmpSa:
         assert self.keys is not None
         return prf(self.prf_name, self.keys.a, data)
 
-    def protected(self, exchange: int, msgid: int, payloads: list[object], prefix: bytes = b"", flags: int = 0) -> bytes:
+    def protected(
+        self, exchange: int, msgid: int, payloads: list[object], prefix: bytes = b"", flags: int = 0
+    ) -> bytes:
         """HDR*, HASH(msgid | prefix | payloads...), payloads: quick mode 1/2 and informational."""
         _, body, _ = encode_chain(payloads)
         digest = self.hash_of(msgid.to_bytes(4, "big") + prefix + body)

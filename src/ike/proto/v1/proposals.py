@@ -281,7 +281,7 @@ def decode_phase2_transform(protocol: int, t: Transform) -> tuple[EspProposal, i
 
 def describe_phase2(protocol: int, t: Transform) -> str:
     try:
-        p, encap, group, secs, kb = decode_phase2_transform(protocol, t)
+        p, encap, group, secs, _kb = decode_phase2_transform(protocol, t)
     except (Unsupported, DecodeError) as e:
         return f"transform {t.number}: unsupported ({e})"
     mode, udp = ENCAP_MODES[encap]

@@ -16,11 +16,11 @@ from __future__ import annotations
 import enum
 
 from ike.proto.api import Datagram, Role
+from ike.proto.identity import identities_match
 from ike.proto.v1.exchanges.errors import Drop, ExchangeFailed
 from ike.proto.v1.exchanges.phase1 import Phase1Exchange, one
 from ike.proto.v1.payloads import Exchange, KePayload, NoncePayload, NotifyType, SaPayload
 from ike.proto.v1.payloads.header import Header
-from ike.proto.identity import identities_match
 
 
 class AmState(enum.Enum):
@@ -55,9 +55,8 @@ class AggressiveMode(Phase1Exchange):
         assert self.tunnel is not None
         group = self.tunnel.policy.proposals[0].dh
         sa = self.offer(only_group=group)
-        from ike.proto.v1.exchanges.main_mode import _nonce
-
         from ike.proto.crypto import DhPrivate
+        from ike.proto.v1.exchanges.main_mode import _nonce
 
         self.dh = DhPrivate(group)
         self.gxi, self.ni = self.dh.public, _nonce()
@@ -153,7 +152,9 @@ class AggressiveMode(Phase1Exchange):
         self.accept_choice(one(payloads, SaPayload, "SA"))
         assert self.sa.proposal is not None and self.dh is not None
         if self.sa.proposal.dh != self.dh.group:
-            raise ExchangeFailed("the responder chose a different DH group than our key exchange", NotifyType.NO_PROPOSAL_CHOSEN)
+            raise ExchangeFailed(
+                "the responder chose a different DH group than our key exchange", NotifyType.NO_PROPOSAL_CHOSEN
+            )
         self.take_vids(payloads)
         self.gxr, self.nr = self.take_ke_nonce(payloads)
         ident, id_b = self.take_peer_id(payloads)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hmac
 import os
-import struct
 from dataclasses import dataclass
 
 from ike.proto.crypto import CryptoError
@@ -27,7 +26,7 @@ from ike.proto.v1.payloads.sa import PROTO_ISAKMP
 
 def new_msgid(sa: IsakmpSa) -> int:
     while True:
-        m = struct.unpack("!I", os.urandom(4))[0]
+        m = int.from_bytes(os.urandom(4), "big")
         if m and m not in sa.used_msgids:
             sa.used_msgids.add(m)
             return m
@@ -52,7 +51,7 @@ def notify(sa: IsakmpSa, notify_type: int, protocol: int = PROTO_ISAKMP, spi: by
 
 def plain_notify(cky_i: bytes, cky_r: bytes, notify_type: int) -> bytes:
     """An unprotected error notify for a negotiation that has no keys yet."""
-    msgid = struct.unpack("!I", os.urandom(4))[0] or 1
+    msgid = int.from_bytes(os.urandom(4), "big") or 1
     return plain_payloads(
         Header(cky_i, cky_r, 0, Exchange.INFORMATIONAL, 0, msgid),
         [NotifyPayload(PROTO_ISAKMP, notify_type, cky_i + cky_r)],

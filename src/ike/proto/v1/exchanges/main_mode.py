@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import enum
 
+from ike.policy import AuthMethod
 from ike.proto.api import Datagram, Role
-from ike.proto.v1.exchanges.errors import Drop, ExchangeFailed
+from ike.proto.v1.exchanges.errors import Drop
 from ike.proto.v1.exchanges.phase1 import Phase1Exchange, find, one
 from ike.proto.v1.payloads import Exchange, NoncePayload, SaPayload
-from ike.proto.v1.payloads.chain import Decoded
 from ike.proto.v1.payloads.header import Header
 from ike.proto.v1.proposals import auth_from_value
-from ike.policy import AuthMethod
 
 
 class MmState(enum.Enum):

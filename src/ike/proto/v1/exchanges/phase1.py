@@ -47,6 +47,7 @@ from ike.proto.v1.payloads.cert import CERT_X509_SIGNATURE
 from ike.proto.v1.payloads.chain import Decoded
 from ike.proto.v1.payloads.header import Header
 from ike.proto.v1.payloads.natd import NatDDraftPayload
+from ike.proto.v1.payloads.notify import notify_name
 from ike.proto.v1.payloads.sa import PROTO_ISAKMP
 from ike.proto.v1.proposals import (
     LIFE_KB,
@@ -71,7 +72,7 @@ class Phase1Context:
 
 
 def is_wildcard(identity: Identity) -> bool:
-    return identity.value in ("0.0.0.0", "::", "%any", "any", "*")
+    return identity.value in ("0.0.0.0", "::", "%any", "any", "*")  # noqa: S104 (not a bind address)
 
 
 def find(payloads: Sequence[Decoded], cls: type) -> list[Decoded]:
@@ -106,12 +107,30 @@ class Phase1Exchange:
         self.peer_lifetime_kb = 0
         self.send_responder_lifetime = False
         self.initial_contact_received = False
+        # Pretend to be behind a NAT (as strongSwan's kernel-libipsec does) so that ESP goes over UDP.
+        self.fake_nat = bool(ctx.settings.extra.get("force_udp_encap"))
+        sa.nat_local = sa.nat_local or self.fake_nat
         if tunnel is not None:
             self._load_creds(tunnel)
 
     @property
     def role(self) -> Role:
         return self.sa.role
+
+    # The state-table side, written by each exchange.
+    def start(self) -> bytes:
+        raise NotImplementedError
+
+    def receive(self, dg: Datagram, h: Header, now: float) -> bytes | None:
+        raise NotImplementedError
+
+    @property
+    def established(self) -> bool:
+        raise NotImplementedError
+
+    @property
+    def awaiting_reply(self) -> bool:
+        raise NotImplementedError
 
     def _load_creds(self, tunnel: Phase1Tunnel) -> None:
         try:
@@ -190,7 +209,9 @@ class Phase1Exchange:
         assert isinstance(sa, SaPayload)
         ts = [t for p in sa.proposals for t in p.transforms]
         if len(sa.proposals) != 1 or len(ts) != 1:
-            raise ExchangeFailed("the responder's SA payload must carry exactly one transform", NotifyType.BAD_PROPOSAL_SYNTAX)
+            raise ExchangeFailed(
+                "the responder's SA payload must carry exactly one transform", NotifyType.BAD_PROPOSAL_SYNTAX
+            )
         choice, lines = select_phase1(self.tunnel.policy.proposals, self.tunnel.policy.auth, sa)
         if choice is None:
             raise ExchangeFailed(
@@ -214,7 +235,9 @@ class Phase1Exchange:
         attrs = [Attr(P1_LIFE_TYPE, LIFE_SECONDS), Attr(P1_LIFE_DURATION, self.sa.lifetime_s)]
         if self.sa.lifetime_kb:
             attrs += [Attr(P1_LIFE_TYPE, LIFE_KB), Attr(P1_LIFE_DURATION, min(pol.lifetime_kb, self.sa.lifetime_kb))]
-        return NotifyPayload(PROTO_ISAKMP, NotifyType.RESPONDER_LIFETIME, self.sa.cookies, b"".join(a.encode() for a in attrs))
+        return NotifyPayload(
+            PROTO_ISAKMP, NotifyType.RESPONDER_LIFETIME, self.sa.cookies, b"".join(a.encode() for a in attrs)
+        )
 
     def process_status_notifies(self, payloads: Sequence[Decoded]) -> None:
         from ike.proto.v1.payloads.attributes import decode_attrs
@@ -241,10 +264,8 @@ class Phase1Exchange:
                     except DecodeError:
                         continue
             elif n.notify_type < 16384:
-                raise ExchangeFailed(
-                    f"the peer reports {NotifyType(n.notify_type).name if n.notify_type in NotifyType._value2member_map_ else n.notify_type}",
-                    received_notify=str(n.notify_type),
-                )
+                name = notify_name(n.notify_type)
+                raise ExchangeFailed(f"the peer reports {name}", received_notify=name)
 
     # --- key exchange -----------------------------------------------------------------------------
 
@@ -307,9 +328,8 @@ class Phase1Exchange:
         h = self.sa.prf_name
         remote = natt.natd_hash(h, self.sa.cky_i, self.sa.cky_r, *self.sa.remote)
         local = natt.natd_hash(h, self.sa.cky_i, self.sa.cky_r, *self.sa.local)
-        if self.ctx.settings.extra.get("force_udp_encap"):
-            local = os.urandom(len(local))  # pretend to be behind a NAT so the peer encapsulates
-            self.sa.nat_local = True
+        if self.fake_nat:
+            local = os.urandom(len(local))
         return [cls(remote), cls(local)]
 
     def check_natd(self, payloads: Sequence[Decoded], dg: Datagram) -> None:
@@ -390,12 +410,16 @@ class Phase1Exchange:
     def my_hash(self, id_b: bytes) -> bytes:
         assert self.sa.keys is not None
         f = hash_i if self.role is Role.INITIATOR else hash_r
-        return f(self.sa.prf_name, self.sa.keys.skeyid, self.gxi, self.gxr, self.sa.cky_i, self.sa.cky_r, self.sai_b, id_b)
+        return f(
+            self.sa.prf_name, self.sa.keys.skeyid, self.gxi, self.gxr, self.sa.cky_i, self.sa.cky_r, self.sai_b, id_b
+        )
 
     def peer_hash(self, id_b: bytes) -> bytes:
         assert self.sa.keys is not None
         f = hash_r if self.role is Role.INITIATOR else hash_i
-        return f(self.sa.prf_name, self.sa.keys.skeyid, self.gxi, self.gxr, self.sa.cky_i, self.sa.cky_r, self.sai_b, id_b)
+        return f(
+            self.sa.prf_name, self.sa.keys.skeyid, self.gxi, self.gxr, self.sa.cky_i, self.sa.cky_r, self.sai_b, id_b
+        )
 
     def auth_payloads(self, id_b: bytes) -> list[object]:
         digest = self.my_hash(id_b)

@@ -237,7 +237,9 @@ class QuickMode:
             try:
                 li, ri = id_to_selector(ids[0]), id_to_selector(ids[1])
             except DecodeError as e:
-                raise ExchangeFailed(f"the responder's quick mode IDs: {e}", NotifyType.INVALID_ID_INFORMATION) from None
+                raise ExchangeFailed(
+                    f"the responder's quick mode IDs: {e}", NotifyType.INVALID_ID_INFORMATION
+                ) from None
             assert self.local_ts is not None and self.remote_ts is not None
             if not (self.local_ts.contains(li) and self.remote_ts.contains(ri)):
                 raise ExchangeFailed(
@@ -291,7 +293,9 @@ class QuickMode:
                 )
             self.peer_ke = kes[0].data
         elif kes:
-            raise ExchangeFailed("the peer sent a KE payload but no PFS group was agreed", NotifyType.NO_PROPOSAL_CHOSEN)
+            raise ExchangeFailed(
+                "the peer sent a KE payload but no PFS group was agreed", NotifyType.NO_PROPOSAL_CHOSEN
+            )
 
     def _finish(self) -> None:
         """KEYMAT for both directions (RFC 2409 §5.5): each SA's key uses the SPI its receiver chose."""
@@ -393,7 +397,9 @@ class QuickMode:
         self.lifetime_s = min(peer_s, pol.lifetime_s)
         kbs = [x for x in (choice.lifetime_kb, pol.lifetime_kb) if x]
         self.lifetime_kb = min(kbs) if kbs else 0
-        shorter = pol.lifetime_s < peer_s or (bool(pol.lifetime_kb) and self.lifetime_kb < (choice.lifetime_kb or 1 << 62))
+        shorter = pol.lifetime_s < peer_s or (
+            bool(pol.lifetime_kb) and self.lifetime_kb < (choice.lifetime_kb or 1 << 62)
+        )
         self.commit = bool(h.flags & 2)
         self.nr = os.urandom(32)
         reply_t = phase2_transform(
@@ -430,5 +436,3 @@ class QuickMode:
 
 def natt_used(sa: IsakmpSa) -> bool:
     return bool(sa.natt) and (sa.nat_local or sa.nat_remote)
-
-

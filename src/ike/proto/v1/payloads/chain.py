@@ -42,7 +42,18 @@ class Decoded:
 
 def _parsers() -> dict[int, object]:
     from ike.proto.v1.payloads import (
-        attributes, cert, delete, hash, id, ke, natd, nonce, notify, sa, sig, vendor,
+        attributes,
+        cert,
+        delete,
+        hash,
+        id,
+        ke,
+        natd,
+        nonce,
+        notify,
+        sa,
+        sig,
+        vendor,
     )  # fmt: skip
 
     return {
@@ -83,7 +94,7 @@ def decode_chain(first: int, data: bytes, trailing_ok: int = 0) -> list[Decoded]
             raise DecodeError(f"payload type {np} may only appear inside an SA payload")
         if pos + 4 > len(data):
             raise DecodeError(f"payload {np} header runs past the end of the message")
-        nxt, reserved, length = struct.unpack_from("!BBH", data, pos)
+        nxt, _reserved, length = struct.unpack_from("!BBH", data, pos)
         if length < 4 or pos + length > len(data):
             raise DecodeError(f"payload {np} length {length} is invalid for the {len(data) - pos} bytes left")
         raw = data[pos : pos + length]

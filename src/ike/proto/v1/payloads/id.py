@@ -63,7 +63,9 @@ def selector_to_id(ts: TrafficSelector) -> IdPayload:
         mask = ((1 << ts.start.max_prefixlen) - 1) ^ (size - 1)
         mb = mask.to_bytes(16 if v6 else 4, "big")
         return IdPayload(ID_IPV6_ADDR_SUBNET if v6 else ID_IPV4_ADDR_SUBNET, ts.start.packed + mb, ts.protocol, port)
-    return IdPayload(ID_IPV6_ADDR_RANGE if v6 else ID_IPV4_ADDR_RANGE, ts.start.packed + ts.end.packed, ts.protocol, port)
+    return IdPayload(
+        ID_IPV6_ADDR_RANGE if v6 else ID_IPV4_ADDR_RANGE, ts.start.packed + ts.end.packed, ts.protocol, port
+    )
 
 
 def id_to_selector(p: IdPayload) -> TrafficSelector:
