@@ -1,0 +1,35 @@
+"""Identification payloads IDi / IDr (RFC 7296 §3.5). Identity text <-> wire is ike.proto.identity."""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+from ike.proto.v2.payloads.base import IDI, IDR, Payload, need, register
+
+
+@dataclass
+class IdPayload(Payload):
+    id_type: int = 0
+    data: bytes = b""
+
+    def encode_body(self) -> bytes:
+        return struct.pack("!B3x", self.id_type) + self.data
+
+    @classmethod
+    def decode_body(cls, data: bytes, ptype: int) -> IdPayload:
+        need(data, 5, "ID payload")
+        c = IdiPayload if ptype == IDI else IdrPayload
+        return c(id_type=data[0], data=data[4:])
+
+
+@register
+@dataclass
+class IdiPayload(IdPayload):
+    TYPE = IDI
+
+
+@register
+@dataclass
+class IdrPayload(IdPayload):
+    TYPE = IDR

@@ -1,0 +1,64 @@
+"""Whole IKEv2 messages: header + payload chain, plaintext or encrypted (see sk.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from ike.proto.v2.payloads.base import SK, SKF, DecodeError, Payload, RawBody, decode_chain, encode_chain
+from ike.proto.v2.payloads.header import HEADER_LEN, IkeHeader
+from ike.proto.v2.payloads.notify import NotifyPayload
+
+P = TypeVar("P", bound=Payload)
+
+
+@dataclass
+class Message:
+    header: IkeHeader
+    payloads: list[Payload] = field(default_factory=list)
+    raw: bytes = b""
+
+    def get(self, cls: type[P]) -> P | None:
+        for p in self.payloads:
+            if isinstance(p, cls):
+                return p
+        return None
+
+    def all(self, cls: type[P]) -> list[P]:
+        return [p for p in self.payloads if isinstance(p, cls)]
+
+    def notify(self, ntype: int) -> NotifyPayload | None:
+        for p in self.payloads:
+            if isinstance(p, NotifyPayload) and p.notify_type == ntype:
+                return p
+        return None
+
+    def notifies(self) -> list[NotifyPayload]:
+        return [p for p in self.payloads if isinstance(p, NotifyPayload)]
+
+    def error_notify(self) -> NotifyPayload | None:
+        for p in self.payloads:
+            if isinstance(p, NotifyPayload) and p.is_error:
+                return p
+        return None
+
+
+def encode_plain(header: IkeHeader, payloads: Sequence[Payload]) -> bytes:
+    first, body = encode_chain(payloads)
+    header.next_payload = first
+    return header.encode(HEADER_LEN + len(body)) + body
+
+
+def decode_outer(data: bytes) -> tuple[IkeHeader, list[Payload]]:
+    """Header and outer payload chain; an SK/SKF payload comes back as RawBody (last element)."""
+    header = IkeHeader.decode(data)
+    if header.version >> 4 != 2:
+        raise DecodeError(f"IKE major version {header.version >> 4} is not 2")
+    return header, decode_chain(header.next_payload, data[HEADER_LEN:], HEADER_LEN)
+
+
+def encrypted_part(payloads: Sequence[Payload]) -> RawBody | None:
+    if payloads and isinstance(payloads[-1], RawBody) and payloads[-1].ptype in (SK, SKF):
+        return payloads[-1]
+    return None
