@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -453,8 +454,11 @@ class Phase1Exchange:
         if len(sigs) != 1:
             raise ExchangeFailed("the peer sent no SIG payload", NotifyType.PAYLOAD_MALFORMED)
         self.take_certs(payloads)
+        # Certificate dates need calendar time; `now` is the daemon's monotonic clock.
+        clock = self.ctx.settings.extra.get("wall_clock")
+        wall = clock() if callable(clock) else time.time()
         try:
-            cert = verify_peer_certificate(self.creds, self.peer_certs, ident, now)
+            cert = verify_peer_certificate(self.creds, self.peer_certs, ident, float(wall))
             assert isinstance(sigs[0].payload, SigPayload)
             verify_signature(cert, self.sa.auth_method, sigs[0].payload.data, expected)
         except AuthFailure as e:
