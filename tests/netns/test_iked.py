@@ -145,14 +145,21 @@ def test_activate_wait_list_ping_remove(hosts: tuple[Host, Host], version: int) 
         out = ia.ike("cmd=activate", "phase=2", "numlist=1")
         assert "already active" in out.stdout
 
-        # remove phase 2 tunnel 1 only: traffic stops, phase 1 stays, the peer follows
+        # remove phase 2 tunnel 1 only: phase 1 and the other phase 2 (ICMP between the inside
+        # hosts) stay and still carry the ping; the peer follows the delete
         ia.ike("cmd=remove", "phase=2", "numlist=1")
         time.sleep(0.5)
-        assert a.ping(b.inner4, count=1, src=a.inner4).returncode != 0
         la = listing(ia)
+        assert la["tunnels"][0]["state"] == "established"
         assert [c["tunnel"] for c in la["tunnels"][0]["phase2"]] == [2]
         lb = listing(ib, "phase=2")
         assert [t["name"] for t in lb["tunnels"] if t["state"] == "established"] == ["icmp"]
+        ping = a.ping(b.inner4, count=2, src=a.inner4)
+        assert ping.returncode == 0, ping.stdout + ia.log(40)
+        assert listing(ia, "phase=2", "numlist=2")["tunnels"][0]["packets_out"] >= 2
+        ia.ike("cmd=remove", "phase=2", "numlist=2")
+        time.sleep(0.3)
+        assert a.ping(b.inner4, count=1, src=a.inner4).returncode != 0
 
         # unknown numbers are clear errors
         bad = ia.ike("cmd=remove", "phase=1", "numlist=9", check=False)

@@ -144,7 +144,9 @@ def render_activate(result: dict[str, Any], out: TextIO, waited: bool) -> None:
     for r in result.get("results", []):
         what = _label(r, r["phase"])
         active = f"active tunnel {r['tunnel']}" if r.get("tunnel") is not None else "no active tunnel"
-        if waited and "state" in r:
+        if r["status"] == "exists":
+            line = f"{what}: already active as {active}"
+        elif waited and "state" in r:
             state = r["state"]
             if state == "established":
                 line = f"{what}: established as {active}"
@@ -152,8 +154,6 @@ def render_activate(result: dict[str, Any], out: TextIO, waited: bool) -> None:
                 line = f"{what}: still negotiating as {active} after the wait; see ike cmd=list verbose"
             else:
                 line = f"{what}: {STATUS.get(state, state).lower()} ({active}): {r.get('message') or 'no reason given'}"
-        elif r["status"] == "exists":
-            line = f"{what}: already active as {active}"
         elif r["status"] == "failed":
             line = f"{what}: failed: {r.get('message') or 'no reason given'}"
         else:

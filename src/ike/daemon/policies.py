@@ -38,6 +38,11 @@ def _id_key(ident: Identity) -> tuple[int, str]:
     return (ident.type.value, v)
 
 
+def _size(ts: TrafficSelector) -> int:
+    ports = ts.port_end - ts.port_start + 1
+    return (int(ts.end) - int(ts.start) + 1) * ports * (256 if ts.protocol == 0 else 1)
+
+
 def _ts_key(ts: TrafficSelector) -> tuple[int, int, int]:
     return (ts.version, int(ts.start), int(ts.end))
 
@@ -110,10 +115,27 @@ class IndexedPolicies:
     def phase2_for(
         self, phase1: Phase1Tunnel, local_ts: Sequence[TrafficSelector], remote_ts: Sequence[TrafficSelector]
     ) -> Phase2Tunnel | None:
+        """The definition that fits the proposal best: one equal to it, else the narrowest one that
+        contains it, else one that overlaps it (the engine narrows). A subnet tunnel must not
+        capture a proposal meant for a host tunnel beside it, or the peer's second SA would be
+        taken for a rekey of the first."""
+        best: Phase2Tunnel | None = None
+        best_key: tuple[int, int] | None = None
         for p2 in self.p2_under.get(phase1.number, ()):
-            if any(p2.local_ts.intersect(t) for t in local_ts) and any(p2.remote_ts.intersect(t) for t in remote_ts):
-                return p2
-        return None
+            if not (
+                any(p2.local_ts.intersect(t) for t in local_ts) and any(p2.remote_ts.intersect(t) for t in remote_ts)
+            ):
+                continue
+            if local_ts and remote_ts and p2.local_ts == local_ts[0] and p2.remote_ts == remote_ts[0]:
+                rank = 0
+            elif all(p2.local_ts.contains(t) for t in local_ts) and all(p2.remote_ts.contains(t) for t in remote_ts):
+                rank = 1
+            else:
+                rank = 2
+            key = (rank, _size(p2.local_ts) + _size(p2.remote_ts))
+            if best_key is None or key < best_key:
+                best, best_key = p2, key
+        return best
 
     # --- what `ike cmd=activate` names ----------------------------------------------------------
 

@@ -69,6 +69,32 @@ def test_phase2_for_overlap(pol: IndexedPolicies) -> None:
     assert pol.phase2_for(t1, [TrafficSelector.parse("198.19.7.5")], [TrafficSelector.parse("198.19.3.0/25")]) is None
 
 
+def test_phase2_for_prefers_exact_then_narrowest() -> None:
+    pol = IndexedPolicies(
+        [p1(1, "198.18.0.1", "198.18.0.2", "198.18.0.2")],
+        [
+            p2(11, 1, "198.19.1.0/24", "198.19.2.0/24"),
+            Phase2Tunnel(
+                12,
+                "icmp",
+                1,
+                TrafficSelector.host("198.19.1.1", protocol=1),
+                TrafficSelector.host("198.19.2.1", protocol=1),
+                DM,
+            ),
+        ],
+    )
+    t1 = pol.p1_by_number[1]
+    host = pol.phase2_for(
+        t1, [TrafficSelector.host("198.19.1.1", protocol=1)], [TrafficSelector.host("198.19.2.1", protocol=1)]
+    )
+    assert host is not None and host.number == 12
+    sub = pol.phase2_for(t1, [TrafficSelector.parse("198.19.1.0/24")], [TrafficSelector.parse("198.19.2.0/24")])
+    assert sub is not None and sub.number == 11
+    inner = pol.phase2_for(t1, [TrafficSelector.parse("198.19.1.7")], [TrafficSelector.parse("198.19.2.0/25")])
+    assert inner is not None and inner.number == 11
+
+
 def test_autostart_brings_phase1_of_phase2(pol: IndexedPolicies) -> None:
     got = {t.phase1.number: [c.number for c in t.phase2] for t in pol.autostart()}
     assert got == {2: [], 1: [12]}
