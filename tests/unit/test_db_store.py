@@ -281,3 +281,16 @@ def test_two_concurrent_writers_lose_nothing(tmp_path: Path) -> None:
     # The writers really ran at the same time (SQLite's lock may still let one finish first).
     (a0, a1), (b0, b1) = (map(float, Path(f"{go}.{p}.times").read_text().split()) for p in "ab")
     assert a0 < b1 and b0 < a1
+
+
+def test_overwriting_a_policy_cannot_break_tunnels_outside_the_batch(store: Store) -> None:
+    store.put(sample())
+    store.put(Definitions(phase2=[p2("n9", "t1", policy="esp-chacha")]))
+    before = store.definitions()
+    # t1's policy turned into IKEv1: n9's ChaCha20 proposal would no longer be negotiable.
+    with pytest.raises(StoreError, match=r"IPSecTunnel 'n9'.*not defined for ESP with IKEv1"):
+        store.put(Definitions(km_policies=[replace(KM, version=1)]), force=True)
+    # ... and to signatures without certificates.
+    with pytest.raises(StoreError, match=r"IKETunnel 't1'.*authenticates with rsa"):
+        store.put(Definitions(km_policies=[replace(KM, auth=AuthMethod.RSA)]), force=True)
+    assert store.definitions() == before

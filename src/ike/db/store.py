@@ -11,7 +11,7 @@ import contextlib
 import ipaddress
 import os
 import sqlite3
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -255,15 +255,8 @@ class Store:
             for t1 in defs.phase1:
                 self._upsert_phase1(c, t1, km_ids[t1.policy])
             p1 = {r[1]: (r[0], r[2]) for r in c.execute("SELECT number, name, policy_id FROM phase1")}
-            versions = {r[0]: r[1] for r in c.execute("SELECT id, version FROM km_policy")}
-            dms = {p.name: p for p in defs.dm_policies}
             for t2 in defs.phase2:
-                number1, km_id = p1[t2.phase1]
-                dm = dms.get(t2.policy) or self._dm(self._q("SELECT * FROM dm_policy WHERE name = ?", (t2.policy,))[0])
-                msg = check_phase2_against_phase1(dm, versions[km_id])
-                if msg:
-                    raise StoreError([((PHASE2, t2.name), msg)])
-                self._upsert_phase2(c, t2, number1, dm_ids[t2.policy])
+                self._upsert_phase2(c, t2, p1[t2.phase1][0], dm_ids[t2.policy])
             for g in defs.groups:
                 c.execute("DELETE FROM ike_group WHERE name = ?", (g.name,))
                 gid = c.execute("INSERT INTO ike_group (name) VALUES (?)", (g.name,)).lastrowid
@@ -274,6 +267,37 @@ class Store:
                 c.execute(
                     "INSERT OR REPLACE INTO psk VALUES (?, ?, ?)", (k.identity.type.label, k.identity.value, k.key)
                 )
+            # An overwritten policy can break tunnels that are not in this batch: check them all.
+            problems = self._check_consistency(check_phase2_against_phase1)
+            if problems:
+                raise StoreError(problems)
+
+    def _check_consistency(self, check: Callable[[DataManagementPolicy, int], str | None]) -> Problems:
+        problems: Problems = []
+        verdicts: dict[tuple[int, int], str | None] = {}
+        rows = self._q(
+            "SELECT t.name, t.policy_id, k.version FROM phase2 t JOIN phase1 p ON p.number = t.phase1"
+            " JOIN km_policy k ON k.id = p.policy_id"
+        )
+        dms = {r["id"]: self._dm(r) for r in self._q("SELECT * FROM dm_policy")} if rows else {}
+        for r in rows:
+            key = (r["policy_id"], r["version"])
+            if key not in verdicts:
+                verdicts[key] = check(dms[r["policy_id"]], r["version"])
+            if verdicts[key]:
+                problems.append(((PHASE2, r["name"]), str(verdicts[key])))
+        for r in self._q(
+            "SELECT t.name, k.name AS policy, k.auth FROM phase1 t JOIN km_policy k ON k.id = t.policy_id"
+            " WHERE k.auth != 'psk' AND t.cert_file IS NULL"
+        ):
+            problems.append(
+                (
+                    (PHASE1, r["name"]),
+                    f"IKEProtection {r['policy']!r} authenticates with {r['auth']} signatures: give "
+                    "IKE_CertificateFile, IKE_PrivateKeyFile and IKE_CAFile",
+                )
+            )
+        return problems
 
     def _check_put(self, c: sqlite3.Connection, defs: Definitions, force: bool) -> Problems:
         problems: Problems = []
