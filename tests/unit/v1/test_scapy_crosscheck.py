@@ -52,7 +52,7 @@ def test_main_mode_quick_mode_informational_parse_with_scapy(captured: list[byte
     p.collect()
     p.run()
     pkts = [S.ISAKMP(m) for m in captured]
-    mm1, mm2, mm3, mm4, mm5, mm6, qm1, qm2, qm3 = pkts[:9]
+    mm1, mm2, mm3, _mm4, mm5, mm6, qm1, qm2, qm3 = pkts[:9]
     ia = p.established()[0][0]
     for pk in pkts:
         assert pk.init_cookie == ia.spi_i and pk.version == 0x10
@@ -67,7 +67,7 @@ def test_main_mode_quick_mode_informational_parse_with_scapy(captured: list[byte
     assert attrs["Encryption"] == "AES-CBC" and attrs["KeyLength"] == 256 and attrs["Hash"] == "SHA2-256"
     assert attrs["Authentication"] == "PSK" and attrs["GroupDesc"] == "2048MODPgr"
     assert attrs["LifeType"] == "Seconds" and attrs["LifeDuration"] == 28800
-    vids = [l.VendorID for l in _layers(mm1) if isinstance(l, S.ISAKMP_payload_VendorID)]
+    vids = [x.VendorID for x in _layers(mm1) if isinstance(x, S.ISAKMP_payload_VendorID)]
     assert bytes.fromhex("4a131c81070358455c5728f20e95452f") in vids
     assert bytes.fromhex("afcad71368a1f1c96b8696fc77570100") in vids
     # KE / nonce in MM3
@@ -82,15 +82,15 @@ def test_main_mode_quick_mode_informational_parse_with_scapy(captured: list[byte
     # quick mode: hash first, ESP proposal with our SPI, nonce, KE, subnet IDs
     assert isinstance(qm1.payload, S.ISAKMP_payload_Hash)
     qprop = qm1[S.ISAKMP_payload_SA].prop
-    assert qprop.proto == 3 and qprop.SPI == ca.inbound.spi
+    assert qprop.proto == 3 and ca.inbound.spi == qprop.SPI
     qattrs = dict(qprop.trans.transforms)
     assert qprop.trans.transform_id == 12 and qattrs["KeyLength"] == 128
     assert qattrs["AuthenticationAlgorithm"] == "HMAC-SHA" and qattrs["GroupDesc"] == "2048MODPgr"
     assert qattrs["EncapsulationMode"] == "Tunnel" and qattrs["LifeDuration"] == 3600
-    ids = [l for l in _layers(qm1) if isinstance(l, S.ISAKMP_payload_ID)]
+    ids = [x for x in _layers(qm1) if isinstance(x, S.ISAKMP_payload_ID)]
     assert [i.IDtype for i in ids] == [4, 4]
     assert bytes(ids[0].IdentData) == bytes([10, 1, 0, 0, 255, 255, 0, 0])
-    assert qm2[S.ISAKMP_payload_SA].prop.SPI == ca.outbound.spi
+    assert ca.outbound.spi == qm2[S.ISAKMP_payload_SA].prop.SPI
     assert isinstance(qm3.payload, S.ISAKMP_payload_Hash) and len(qm3.hash) == 32
     # informational: delete of the phase 2 SA and of the ISAKMP SA
     dels = [pk[S.ISAKMP_payload_Delete] for pk in pkts if pk.haslayer(S.ISAKMP_payload_Delete)]
@@ -111,4 +111,4 @@ def test_dpd_notify_parses_with_scapy(captured: list[bytes]) -> None:
     ia = p.established()[0][0]
     for n in notes:
         if n.notify_msg_type in (36136, 36137):
-            assert n.proto == 1 and n.SPIsize == 16 and n.SPI == ia.spi_i + ia.spi_r and len(n.notify_data) == 4
+            assert n.proto == 1 and n.SPIsize == 16 and ia.spi_i + ia.spi_r == n.SPI and len(n.notify_data) == 4
