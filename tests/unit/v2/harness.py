@@ -114,14 +114,21 @@ def phase2(
 
 
 def mirror1(p: Phase1Tunnel, **kw: object) -> Phase1Tunnel:
-    """The peer's view of a phase 1 definition."""
-    return replace(
-        p, local_id=p.remote_id, remote_id=p.local_id, local_addr=p.remote_addr, remote_addr=p.local_addr, **kw
-    )  # type: ignore[arg-type]
+    """The peer's view of a phase 1 definition (`kw` overrides fields of the mirrored one)."""
+    base: dict[str, object] = {
+        "local_id": p.remote_id,
+        "remote_id": p.local_id,
+        "local_addr": p.remote_addr,
+        "remote_addr": p.local_addr,
+    }
+    base.update(kw)
+    return replace(p, **base)  # type: ignore[arg-type]
 
 
 def mirror2(p: Phase2Tunnel, **kw: object) -> Phase2Tunnel:
-    return replace(p, local_ts=p.remote_ts, remote_ts=p.local_ts, **kw)  # type: ignore[arg-type]
+    base: dict[str, object] = {"local_ts": p.remote_ts, "remote_ts": p.local_ts}
+    base.update(kw)
+    return replace(p, **base)  # type: ignore[arg-type]
 
 
 @dataclass
@@ -215,14 +222,18 @@ class Net:
 
     def deliver_to_r(self, dg: Datagram) -> None:
         d = demux(dg.data)
-        if self.r.engine is not None and (d is None or d.our_spi is not None or self.r.engine.sa is not None):
-            if d is not None and d.our_spi is None and self.r.engine.sa is not None:
-                if self.r.engine.sa.spi_i != d.peer_spi:
-                    self._respond(dg)
-                    return
-            self.r.engine.receive_datagram(dg, self.now)
+        eng = self.r.engine
+        if d is not None and d.our_spi is None:
+            # A first IKE_SA_INIT, or a retransmission of the one the engine answered.
+            if eng is not None and eng.sa is not None and eng.sa.spi_i == d.peer_spi:
+                eng.receive_datagram(dg, self.now)
+            else:
+                self._respond(dg)
             return
-        self._respond(dg)
+        if eng is None:
+            self._respond(dg)
+            return
+        eng.receive_datagram(dg, self.now)
 
     def _respond(self, dg: Datagram) -> None:
         eng = Ikev2Engine.respond(dg, self.r_policies, self.r_settings, self.now, self.stateless)

@@ -21,6 +21,8 @@ Settings read from `EngineSettings.extra` (all optional):
     "force_udp_encap": bool     fake NAT-D so the peer sees a NAT and ESP goes in UDP (like strongSwan's encap)
     "half_open_timeout_s": float  responder's wait for IKE_AUTH (default 30)
     "ikev2_cookie_guard": CookieGuard   the half-open counter and cookie secret (default: process-wide)
+    "signature_hash_notify": bool  send SIGNATURE_HASH_ALGORITHMS (default True; False forces the
+                                   classic RSA/ECDSA AUTH methods on the peer)
 """
 
 from __future__ import annotations
@@ -684,8 +686,9 @@ class Ikev2Engine:
         if not h.is_response:
             if sa.state is IkeState.HALF_OPEN and h.msg_id == 0 and sa.response_cache is not None:
                 self.stats["retransmitted requests answered"] += 1
-                for d in sa.response_cache[1]:
-                    self.send_raw(d, dg.local, dg.remote)
+                for _ in range(2):
+                    for d in sa.response_cache[1]:
+                        self.send_raw(d, dg.local, dg.remote)
             else:
                 self.drop(dg, "IKE_SA_INIT request for an IKE SA past that stage")
             return
@@ -719,12 +722,14 @@ class Ikev2Engine:
         assert o is not None
         sa.outstanding = None
         sa.last_heard = now
+        # The exchange is over: tasks queued by process_i take the next message ID.
+        sa.next_msg_id = o.msg_id + 1
         result = o.task.process_i(self, sa, msg, now)
         if _dead(sa):
             return
-        if o.task.exchange != IKE_SA_INIT or result is Result.DONE:
-            sa.next_msg_id = o.msg_id + 1
         if result is Result.RETRY:
+            if o.task.exchange == IKE_SA_INIT:
+                sa.next_msg_id = 0
             payloads = o.task.build_i(self, sa, now)
             if payloads is not None and not _dead(sa):
                 self._send_request(sa, o.task, payloads, now)
@@ -743,8 +748,11 @@ class Ikev2Engine:
                 self.drop(dg, f"retransmitted {_name(h.exchange)} request failed its integrity check: {e}")
                 return
             self.stats["retransmitted requests answered"] += 1
-            for d in cache[1]:
-                self.send_raw(d, dg.local, dg.remote)
+            # Our response was probably lost: send it twice, which also breaks the lock-step where
+            # a link that loses every other datagram would swallow each answer.
+            for _ in range(2):
+                for d in cache[1]:
+                    self.send_raw(d, dg.local, dg.remote)
             return
         if h.msg_id != sa.peer_msg_id:
             self.drop(
@@ -757,10 +765,10 @@ class Ikev2Engine:
         if payloads is None:
             return
         msg = Message(h, payloads, dg.data)
+        self._update_peer_address(sa, dg)
         reply = self._dispatch(sa, dg, msg, now)
         if reply is None:
             return
-        self._update_peer_address(sa, dg)
         sa.last_heard = now
         rh = IkeHeader(
             sa.spi_i, sa.spi_r, 0, h.exchange, FLAG_RESPONSE | (FLAG_INITIATOR if sa.initiator else 0), h.msg_id

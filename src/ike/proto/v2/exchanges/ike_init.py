@@ -73,9 +73,9 @@ def capability_payloads(eng: Ikev2Engine) -> list[Payload]:
     out: list[Payload] = []
     if eng.settings.fragment_size > 0:
         out.append(NotifyPayload(notify_type=n.IKEV2_FRAGMENTATION_SUPPORTED))
-    out.append(
-        NotifyPayload(notify_type=n.SIGNATURE_HASH_ALGORITHMS, data=b"".join(struct.pack("!H", h) for h in OUR_HASHES))
-    )
+    if eng.settings.extra.get("signature_hash_notify", True):
+        hashes = b"".join(struct.pack("!H", h) for h in OUR_HASHES)
+        out.append(NotifyPayload(notify_type=n.SIGNATURE_HASH_ALGORITHMS, data=hashes))
     return out
 
 
