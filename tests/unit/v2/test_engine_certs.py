@@ -1,0 +1,178 @@
+"""IKE_AUTH with certificates: RSA, ECDSA and Ed25519, RFC 7427 and the classic methods."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ike.policy import AuthMethod, Credentials, Identity
+from ike.proto.api import ChildSaEstablished, EngineSettings, IkeSaEstablished, NegotiationFailed
+from ike.proto.identity import identities_match
+from ike.proto.v2 import CookieGuard
+from ike.proto.v2.payloads import auth as am
+
+from .certs_fixture import NOW_TS, Pki, make_pki
+from .harness import I_IP, R_IP, Net, Policies, mirror1, mirror2, phase1, phase2
+
+AUTH = {"rsa": AuthMethod.RSA, "ecdsa": AuthMethod.ECDSA, "ecdsa384": AuthMethod.ECDSA, "ed25519": AuthMethod.ED25519}
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    return make_pki(tmp_path_factory.mktemp("v2pki"))
+
+
+def settings(classic: bool = False) -> EngineSettings:
+    extra: dict[str, object] = {"wall_clock": lambda: NOW_TS, "ikev2_cookie_guard": CookieGuard()}
+    if classic:
+        extra["signature_hash_notify"] = False
+    return EngineSettings(extra=extra)
+
+
+def cert_pair(
+    pki: Pki,
+    kind: str,
+    i_id: str,
+    r_id: str,
+    classic: bool = False,
+    r_kind: str | None = None,
+    r_ca: str | None = None,
+    i_id_cert: dict | None = None,
+) -> Net:  # type: ignore[type-arg]
+    r_kind = r_kind or kind
+    hi = pki.host(f"i-{kind}", kind, ip=I_IP, dns="i.example", email="i@example", **(i_id_cert or {}))
+    hr = pki.host(f"r-{r_kind}", r_kind, ip=R_IP, dns="r.example", email="r@example")
+    p1 = phase1(
+        local_id=i_id,
+        remote_id=r_id,
+        auth=AUTH[kind],
+        psk=None,
+        cert_file=hi.cert_file,
+        key_file=hi.key_file,
+        ca_file=pki.ca_file,
+    )
+    r1 = mirror1(
+        p1,
+        policy=phase1(auth=AUTH[r_kind]).policy,
+        credentials=Credentials(cert_file=hr.cert_file, key_file=hr.key_file, ca_file=r_ca or pki.ca_file),
+    )
+    p2 = phase2()
+    s = settings(classic)
+    return Net(p1, [p2], Policies([p1], [p2]), Policies([r1], [mirror2(p2)]), settings=s, r_settings=s)
+
+
+# Ed25519 exists only as an RFC 7427 signature (RFC 8420), so it has no classic variant.
+KINDS = [
+    ("rsa", False),
+    ("rsa", True),
+    ("ecdsa", False),
+    ("ecdsa", True),
+    ("ecdsa384", False),
+    ("ecdsa384", True),
+    ("ed25519", False),
+]
+
+
+@pytest.mark.parametrize(("kind", "classic"), KINDS, ids=[f"{k}-{'classic' if c else 'rfc7427'}" for k, c in KINDS])
+@pytest.mark.parametrize(
+    "ids",
+    [
+        ("198.18.0.1", "198.18.0.2"),
+        ("i.example", "r.example"),
+        ("i@example", "r@example"),
+        ("CN=i-{k},O=Example,C=US", "C=US, O=Example, CN=r-{k}"),
+    ],
+    ids=["ipv4", "fqdn", "rfc822", "dn"],
+)
+def test_certificate_auth(pki: Pki, kind: str, classic: bool, ids: tuple[str, str]) -> None:
+    i_id, r_id = (x.format(k=kind) for x in ids)
+    net = cert_pair(pki, kind, i_id, r_id, classic)
+    net.pump()
+    assert net.i.of(IkeSaEstablished) and net.r.of(IkeSaEstablished), (net.i.events, net.r.events)
+    assert net.i.of(ChildSaEstablished) and net.r.of(ChildSaEstablished)
+    assert identities_match(Identity.parse(i_id), net.r.of(IkeSaEstablished)[0].remote_id)
+    assert identities_match(Identity.parse(r_id), net.i.of(IkeSaEstablished)[0].remote_id)
+
+
+def test_classic_methods_used_without_signature_hash_notify(pki: Pki, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ike.proto.v2 import auth as a
+
+    seen: list[int] = []
+    orig = a.sign_auth
+
+    def spy(key, octets, peer_hashes):  # type: ignore[no-untyped-def]
+        m, d = orig(key, octets, peer_hashes)
+        seen.append(m)
+        return m, d
+
+    monkeypatch.setattr(a, "sign_auth", spy)
+    net = cert_pair(pki, "ecdsa384", "i.example", "r.example", classic=True)
+    net.pump()
+    assert net.i.of(IkeSaEstablished)
+    assert seen == [am.ECDSA_384, am.ECDSA_384]
+    seen.clear()
+    net = cert_pair(pki, "rsa", "i.example", "r.example", classic=False)
+    net.pump()
+    assert seen == [am.DIGITAL_SIGNATURE, am.DIGITAL_SIGNATURE]
+
+
+def test_untrusted_ca_fails(pki: Pki, tmp_path: Path) -> None:
+    other = make_pki(tmp_path, cn="Other CA")
+    net = cert_pair(pki, "ecdsa", "i.example", "r.example", r_ca=other.ca_file)
+    net.pump()
+    f = net.r.of(NegotiationFailed)
+    assert f and "does not chain" in f[0].reason and f[0].notify == "AUTHENTICATION_FAILED"
+    assert net.i.of(NegotiationFailed)[0].notify == "AUTHENTICATION_FAILED"
+
+
+def test_identity_not_in_certificate_fails(pki: Pki) -> None:
+    net = cert_pair(pki, "rsa", "x.example", "r.example")
+    net.r_policies.phase1s[0] = mirror1(
+        net.i.engine.phase1,
+        policy=phase1(auth=AuthMethod.RSA).policy,  # type: ignore[union-attr, arg-type]
+        credentials=net.r_policies.phase1s[0].credentials,
+    )
+    net.pump()
+    f = net.r.of(NegotiationFailed)
+    assert f and "does not contain its identity" in f[0].reason
+
+
+def test_method_mismatch_fails(pki: Pki) -> None:
+    net = cert_pair(pki, "rsa", "i.example", "r.example", r_kind="ecdsa")
+    net.pump()
+    f = net.r.of(NegotiationFailed)
+    assert f and "rsa" in f[0].reason.lower()
+
+
+def test_psk_against_certificate_definition_fails(pki: Pki) -> None:
+    hr = pki.host("r-rsa", "rsa", dns="r.example")
+    p1 = phase1(local_id="i.example", remote_id="r.example")
+    r1 = mirror1(
+        p1,
+        policy=phase1(auth=AuthMethod.RSA).policy,
+        credentials=Credentials(cert_file=hr.cert_file, key_file=hr.key_file, ca_file=pki.ca_file),
+    )
+    p2 = phase2()
+    s = settings()
+    net = Net(p1, [p2], Policies([p1], [p2]), Policies([r1], [mirror2(p2)]), settings=s, r_settings=s)
+    net.pump()
+    f = net.r.of(NegotiationFailed)
+    assert f and "pre-shared key" in f[0].reason and "requires rsa" in f[0].reason
+
+
+def test_missing_key_file_reported(pki: Pki) -> None:
+    p1 = phase1(
+        local_id="i.example",
+        remote_id="r.example",
+        auth=AuthMethod.RSA,
+        psk=None,
+        cert_file="/nonexistent/cert.pem",
+        key_file="/nonexistent/key.pem",
+        ca_file=pki.ca_file,
+    )
+    p2 = phase2()
+    net = Net(p1, [p2], Policies([p1], [p2]), Policies([mirror1(p1)], [mirror2(p2)]), settings=settings())
+    net.pump()
+    f = net.i.of(NegotiationFailed)
+    assert f and "cannot read" in f[0].reason
