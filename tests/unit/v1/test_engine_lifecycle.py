@@ -17,7 +17,7 @@ from ike.proto.api import (
 )
 from ike.proto.v1 import demux
 
-from .pair import A_IP, B_IP, Pair, basic, mirror, phase2, policies_b
+from .pair import A_IP, B_IP, Pair, basic, mirror, phase1, phase2, policies_b
 
 
 @pytest.mark.parametrize("mode", ["main", "aggressive"])
@@ -254,3 +254,53 @@ def test_start_child_before_phase1_is_queued() -> None:
     p.collect()
     p.run()
     assert len(p.children()[0]) == 2
+
+
+def test_phase1_kilobyte_lifetime_triggers_rekey() -> None:
+    a1, a2, b1, b2 = basic(lifetime_kb=2, dpd=5)
+    p = Pair(a1, [a2], policies_b(b1, b2))
+    p.run()
+    p.advance(120)  # DPD traffic uses up the 2 KB
+    ia = p.events("a", IkeSaEstablished)
+    assert len(ia) >= 2 and ia[1].rekey_of == ia[0].sa_id
+    assert p.events("a", IkeSaDeleted)[0].reason == "rekeyed"
+
+
+def test_nat_mapping_change_is_followed() -> None:
+    a1, a2, b1, b2 = basic(dpd=0)
+    b1 = phase1(B_IP, "0.0.0.0")
+    b2 = mirror(a2, b1)
+    p = Pair(a1, [a2], policies_b(b1, b2), nat=True)
+    p.run()
+    assert p.b is not None
+    # the NAT now maps a's 4500 to another port: b answers there after an authenticated message
+    from ike.proto.api import Datagram
+
+    p.a.start_child(a2, p.now)
+    for dg in p.a.datagrams_to_send():
+        p.b.receive_datagram(Datagram(dg.data, (B_IP, 4500), ("198.18.1.1", 45000)), p.now)
+    out = p.b.datagrams_to_send()
+    assert out and all(d.remote == ("198.18.1.1", 45000) for d in out)
+
+
+def test_transport_mode_behind_nat_sends_nat_oa(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ike.proto.v1.isakmp_sa import IsakmpSa
+    from ike.proto.v1.payloads.id import NatOaPayload
+
+    sent: list[list[object]] = []
+    real = IsakmpSa.seal
+
+    def seal(self: IsakmpSa, exchange: int, msgid: int, payloads: list[object], encrypt: bool, flags: int = 0) -> bytes:
+        sent.append(list(payloads))
+        return real(self, exchange, msgid, payloads, encrypt, flags)
+
+    monkeypatch.setattr(IsakmpSa, "seal", seal)
+    a1, _, b1, _ = basic()
+    a2 = phase2(a1, A_IP, B_IP, mode="transport")
+    p = Pair(a1, [a2], policies_b(b1, mirror(a2, b1)), settings=EngineSettings(extra={"force_udp_encap": True}))
+    p.run()
+    ca, cb = p.children()
+    assert ca[0].mode == "transport" and ca[0].udp_encap
+    oas = [[x for x in m if isinstance(x, NatOaPayload)] for m in sent]
+    with_oa = [o for o in oas if o]
+    assert len(with_oa) == 2 and all(len(o) == 2 for o in with_oa)  # QM1 and QM2

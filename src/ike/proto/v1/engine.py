@@ -346,11 +346,15 @@ class Ikev1Engine:
                 x = self._p1x.get(cookie)
                 if x is None or h.exchange != x.EXCHANGE:
                     raise Drop(f"{Exchange(h.exchange).name.lower()} mode message outside a phase 1 negotiation")
-                if sa.cky_r == ZERO_COOKIE:
+                fresh = sa.cky_r == ZERO_COOKIE
+                if fresh:
                     if h.cky_r == ZERO_COOKIE:
                         raise Drop("responder cookie is zero in a reply")
                     sa.cky_r = h.cky_r
+                before = x.state
                 self._phase1_step(sa, x, dg, h, now)
+                if fresh and cookie in self._p1x and x.state == before:
+                    sa.cky_r = ZERO_COOKIE  # a bad first reply must not pin the responder cookie
             elif h.exchange == Exchange.QUICK:
                 self._quick_mode(sa, dg, h, now)
             elif h.exchange == Exchange.INFORMATIONAL:
@@ -361,6 +365,26 @@ class Ikev1Engine:
                 raise Drop(f"exchange type {h.exchange} is not supported")
         except Drop as e:
             self._dropped(e.reason, dg.remote)
+            return
+        self._check_volume(sa, now)
+
+    def _follow_nat(self, sa: IsakmpSa, dg: Datagram) -> None:
+        """An authenticated message from a new address behind a NAT: the mapping changed."""
+        if sa.natt and (sa.nat_remote or sa.nat_local) and (dg.remote != sa.remote or dg.local != sa.local):
+            sa.remote, sa.local = dg.remote, dg.local
+            if sa is self._current_sa():
+                self._local, self._remote = dg.local, dg.remote
+
+    def _check_volume(self, sa: IsakmpSa, now: float) -> None:
+        """Phase 1 lifetime in kilobytes (of IKE traffic under the SA): rekey, or expire."""
+        t = self._timers.get(sa.our_cookie)
+        if t is None or not sa.lifetime_kb:
+            return
+        limit = sa.lifetime_kb * 1024
+        if sa.bytes_seen >= limit:
+            t.expire_at = min(t.expire_at, now)
+        elif t.rekey_at is not None and sa.bytes_seen >= limit * (1 - self._settings.rekey_margin):
+            t.rekey_at = min(t.rekey_at, now)
 
     def _find_sa(self, h: Header) -> IsakmpSa | None:
         sa = self._sas.get(h.cky_i)
@@ -552,6 +576,7 @@ class Ikev1Engine:
             self._fail_qm(sa, qm, e)
             return
         self._timers[cookie].last_heard = now
+        self._follow_nat(sa, dg)
         if key not in self._qms:
             sa.used_msgids.add(h.message_id)
             self._qms[key] = qm
@@ -668,6 +693,7 @@ class Ikev1Engine:
         t = self._timers.get(cookie)
         if t is not None:
             t.last_heard = now
+            self._follow_nat(sa, dg)
         self._remember_answer(dg.data, None, sa)
         for n in rx.notifies:
             self._on_notify(sa, n, now)

@@ -5,6 +5,7 @@ authentication payloads (HASH for pre-shared keys, CERT + SIG for signatures).
 
 from __future__ import annotations
 
+import enum
 import ipaddress
 import os
 import time
@@ -91,6 +92,7 @@ class Phase1Exchange:
     """State shared by the two phase 1 exchanges; subclasses hold the state table."""
 
     EXCHANGE = 0
+    state: enum.Enum
 
     def __init__(self, sa: IsakmpSa, ctx: Phase1Context, tunnel: Phase1Tunnel | None) -> None:
         self.sa = sa

@@ -161,6 +161,18 @@ class QuickMode:
             for p in pol.proposals
         )
 
+    def _nat_oa(self, mode: str) -> list[object]:
+        """RFC 3947 §5.2: transport mode behind a NAT names the original addresses (NAT-OAi, NAT-OAr)
+        so that the peer can fix TCP/UDP checksums."""
+        if mode != "transport" or not natt_used(self.sa):
+            return []
+        from ike.proto.v1.payloads.id import nat_oa
+
+        draft = self.sa.natt == natt.NATT_DRAFT
+        if self.role is Role.INITIATOR:
+            return [nat_oa(self.sa.local[0], draft), nat_oa(self.sa.remote[0], draft)]
+        return [nat_oa(self.sa.remote[0], draft), nat_oa(self.sa.local[0], draft)]
+
     # --- initiator --------------------------------------------------------------------------------
 
     def start(self) -> bytes:
@@ -181,7 +193,7 @@ class QuickMode:
         payloads: list[object] = [sa, NoncePayload(self.ni)]
         if self.dh is not None:
             payloads.append(KePayload(self.dh.public))
-        payloads += [idci, idcr]
+        payloads += [idci, idcr, *self._nat_oa(pol.mode)]
         self.state = QmState.I_SENT_1
         return self.sa.protected(Exchange.QUICK, self.msgid, payloads)
 
@@ -412,6 +424,7 @@ class QuickMode:
             out.append(KePayload(self.dh.public))
         if ids:
             out += [selector_to_id(remote), selector_to_id(local)]
+        out += self._nat_oa(pol.mode)
         if shorter:
             attrs = [Attr(P2_LIFE_TYPE, LIFE_SECONDS), Attr(P2_LIFE_DURATION, self.lifetime_s)]
             if self.lifetime_kb:

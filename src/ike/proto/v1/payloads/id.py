@@ -121,3 +121,14 @@ class NatOaPayload:
         if want is None or len(body) - 4 != want:
             raise DecodeError(f"NAT-OA type {t} with {len(body) - 4} address bytes is invalid")
         return cls(t, bytes(body[4:]))
+
+
+@dataclass(frozen=True)
+class NatOaDraftPayload(NatOaPayload):
+    TYPE: ClassVar[int] = 131
+
+
+def nat_oa(ip: str, draft: bool) -> NatOaPayload:
+    a = ipaddress.ip_address(ip)
+    cls = NatOaDraftPayload if draft else NatOaPayload
+    return cls(ID_IPV4_ADDR if a.version == 4 else ID_IPV6_ADDR, a.packed)
