@@ -300,6 +300,7 @@ def test_transport_mode_behind_nat_sends_nat_oa(monkeypatch: pytest.MonkeyPatch)
     p = Pair(a1, [a2], policies_b(b1, mirror(a2, b1)), settings=EngineSettings(extra={"force_udp_encap": True}))
     p.run()
     ca, cb = p.children()
+    assert cb[0].udp_encap
     assert ca[0].mode == "transport" and ca[0].udp_encap
     oas = [[x for x in m if isinstance(x, NatOaPayload)] for m in sent]
     with_oa = [o for o in oas if o]
