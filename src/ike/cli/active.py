@@ -128,6 +128,7 @@ STATUS = {
     "failed": "Failed",
     "deleted": "Deleted",
     "expired": "Expired",
+    "deleting": "Deleting",
 }
 ROLE = {"i": "Initiator", "r": "Responder"}
 

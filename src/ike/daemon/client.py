@@ -53,7 +53,10 @@ def request(op: str, args: dict[str, Any] | None = None, timeout: float | None =
         except OSError as e:
             raise DaemonNotRunning(f"ike: cannot reach iked at {sock_path}: {e.strerror}") from None
         s.settimeout(timeout)
-        s.sendall(json.dumps({"op": op, "args": args or {}}).encode() + b"\n")
+        try:
+            s.sendall(json.dumps({"op": op, "args": args or {}}).encode() + b"\n")
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # iked refused us; its reply (if any) says why
         buf = b""
         while not buf.endswith(b"\n"):
             try:

@@ -82,6 +82,9 @@ class ControlServer:
             uid = peer_uid(sock) if sock is not None else None
             if uid is None or uid not in self.allowed_uids:
                 log.error("refused a control connection from uid %s: only root may control iked", uid)
+                # Take (and ignore) the request first so the client is not cut off mid-send.
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(reader.readline(), 1.0)
                 await _reply(writer, {"ok": False, "error": "permission denied: only root may control iked"})
                 return
             while True:

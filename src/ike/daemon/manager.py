@@ -45,6 +45,7 @@ log = logging.getLogger("ike.daemon.manager")
 MAX_DEAD_ENTRIES = 200  # failed/expired tunnels kept for `ike cmd=list` until removed
 HALF_OPEN_TIMEOUT_S = 60.0  # a responder that is not established by then is dropped
 RESTART_DELAY_S = 2.0
+DELETE_GRACE_S = 30.0  # an engine that has not finished a requested delete by then is dropped
 
 
 class EngineFactory(Protocol):
@@ -399,7 +400,7 @@ class TunnelManager:
             if p2e.live:
                 self._p2_gone(p2e, why)
         for p1e in slot.p1_by_sa.values():
-            if p1e.live:
+            if p1e.live or p1e.state == "deleting":
                 self._p1_gone(p1e, why)
 
     def _engine_failed(self, slot: Slot, reason: str) -> None:
@@ -490,13 +491,13 @@ class TunnelManager:
 
     def _on_ike_down(self, slot: Slot, ev: IkeSaDeleted) -> None:
         entry = slot.p1_by_sa.pop(ev.sa_id, None)
-        if entry is None or (entry.sa_id != ev.sa_id and entry.live):
+        if entry is None or (entry.sa_id != ev.sa_id and entry.state in (*LIVE, "deleting")):
             return  # an SA that was rekeyed away; the tunnel goes on under its successor
         reason = ev.reason
         slot.ike_alive = False
         if slot.version == 2:
             # RFC 7296 §1.4.1: child SAs cannot outlive their IKE SA.
-            for p2e in list(entry.children.values()):
+            for p2e in {id(x): x for x in [*entry.children.values(), *slot.p2_by_child.values()]}.values():
                 if p2e.live and p2e.slot is slot:
                     p2e.removing = p2e.removing or entry.removing
                     if p2e.child_id is not None:
@@ -536,7 +537,7 @@ class TunnelManager:
                 entry = pending.pop(0)
                 if not pending:
                     del slot.p2_pending[ev.phase2.number]
-        p1e = slot.p1_by_sa.get(ev.sa_id)
+        p1e = slot.p1_by_sa.get(ev.sa_id) or next((x for x in slot.p1_by_sa.values() if x.live), None)
         if entry is None:
             entry = self._new_p2(ev.role, ev.phase2, p1e, slot)
         if entry.p1 is None and p1e is not None:
@@ -948,15 +949,19 @@ class TunnelManager:
         else:
             self._call(slot, lambda eng: eng.delete(self.now()))
             if e.live:
-                # The engine gave no IkeSaDeleted (nothing to tell the peer, say): end it here.
-                if e.sa_id is not None:
-                    slot.p1_by_sa.pop(e.sa_id, None)
-                slot.ike_alive = bool(slot.p1_by_sa)
-                self._p1_gone(e, "deleted locally")
-                if self._finished(slot):
-                    self._drop_slot(slot, None)
+                # The engine deletes after the exchange in flight (IKEv2 runs one at a time); the
+                # tunnel is no longer "the" live one for its definition, and is shown as deleting.
+                e.state = "deleting"
+                self._unlive_p1(e)
+                self.loop.call_later(DELETE_GRACE_S, self._delete_overdue, slot, e)
         r["status"] = "removed"
         return r
+
+    def _delete_overdue(self, slot: Slot, e: P1Entry) -> None:
+        if not slot.dead and e.state == "deleting":
+            log.info("phase 1 tunnel %d: the delete did not complete; dropping it", e.number)
+            self._drop_slot(slot, "deleted locally")
+            self._forget_p1(e)
 
     def _remove_p2(self, e: P2Entry) -> dict[str, Any]:
         r = {"phase": 2, "tunnel": e.number, "name": e.definition.name if e.definition else None}
