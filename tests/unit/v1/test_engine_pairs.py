@@ -335,3 +335,16 @@ def test_ipv6() -> None:
     assert any(isinstance(e, IkeSaEstablished) for e in evs)
     kids = [e for e in evs if isinstance(e, ChildSaEstablished)]
     assert kids and str(kids[0].local_ts[0]) == "2001:db8:1::/48"
+
+
+@pytest.mark.parametrize("pfs", [0, 14])
+def test_encrypted_aggressive_mode_third_message_is_accepted(monkeypatch: pytest.MonkeyPatch, pfs: int) -> None:
+    from ike.proto.v1.exchanges.aggressive_mode import AggressiveMode
+
+    monkeypatch.setattr(AggressiveMode, "ENCRYPT_AM3", True)
+    a1, a2, b1, b2 = basic(mode="aggressive", pfs=pfs)
+    p = Pair(a1, [a2], policies_b(b1, b2))
+    p.run()
+    assert p.log[2][1].data[19] & 1  # AM3 went encrypted
+    ca, cb = p.children()
+    assert ca and cb and ca[0].inbound == cb[0].outbound

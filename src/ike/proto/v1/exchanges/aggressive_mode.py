@@ -4,11 +4,11 @@
     AM1  HDR, SA, KE, Ni, IDii, [CR], VID        -->
                                                  <--  AM2  HDR, SA, KE, Nr, IDir, [CERT], HASH_R|SIG_R,
                                                            [CR], VID, NAT-D, [N(RESPONDER-LIFETIME)]
-    AM3  HDR*, [CERT], HASH_I|SIG_I, NAT-D, [N(INITIAL-CONTACT)]   (port 4500 if NAT)
+    AM3  HDR, [CERT], HASH_I|SIG_I, NAT-D, [N(INITIAL-CONTACT)]   (port 4500 if NAT)
 
 The key exchange goes out before the group is agreed, so the initiator offers only the proposals
-with the group of its first one. The responder finds its definition by the identity in AM1. AM3 is
-sent encrypted; a plaintext AM3 (RFC 2409 allows it) is accepted too.
+with the group of its first one. The responder finds its definition by the identity in AM1. AM3 goes
+in the clear as RFC 2409 §5.4 draws it (and strongSwan sends it); an encrypted AM3 is accepted too.
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ AWAITING_REPLY = {AmState.I_SENT_1, AmState.R_SENT_2}
 class AggressiveMode(Phase1Exchange):
     EXCHANGE = Exchange.AGGRESSIVE
     mode_name = "aggressive mode"
+    ENCRYPT_AM3 = False
     state = AmState.INIT
 
     @property
@@ -165,4 +166,4 @@ class AggressiveMode(Phase1Exchange):
         self.process_status_notifies(payloads)
         self.float_ports()
         out: list[object] = [*self.auth_payloads(self.idii_b), *self.natd_payloads(), *self.initial_contact_payloads()]
-        return self.sa.seal(Exchange.AGGRESSIVE, 0, out, encrypt=True)
+        return self.sa.seal(Exchange.AGGRESSIVE, 0, out, encrypt=self.ENCRYPT_AM3)
