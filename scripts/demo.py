@@ -32,6 +32,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from harness.iked import Iked, IkedError
 from harness.netns import Host, two_hosts
 
+COMMANDS = {
+    "ike": [sys.executable, "-c", "import sys; from ike.cli.main import main; sys.exit(main())"],
+    "ikedb": [sys.executable, "-c", "import sys; from ike.cli.ikedb import main; sys.exit(main())"],
+}
+
 # Switch for part 2 (see the module doc).
 DAEMON_PART_READY = False
 
@@ -97,11 +102,13 @@ class Side:
     def sh(self, *argv: str, check: bool = True, show: bool = True, timeout: float = 120) -> str:
         where = f"[{self.name}{' ns ' + self.host.name if self.host else ''}]"
         print(f"{where} $ {shlex.join(argv)}", flush=True)
+        # ike and ikedb run with this interpreter, so the demo shows the installation it was started from.
+        cmd = [*COMMANDS[argv[0]], *argv[1:]] if argv[0] in COMMANDS else list(argv)
         if self.host is not None:
-            proc = self.host.run(list(argv), check=False, timeout=timeout, env=self.env)
+            proc = self.host.run(cmd, check=False, timeout=timeout, env=self.env)
         else:
             proc = subprocess.run(
-                list(argv), capture_output=True, text=True, timeout=timeout, env={**os.environ, **self.env}, check=False
+                cmd, capture_output=True, text=True, timeout=timeout, env={**os.environ, **self.env}, check=False
             )
         out = (proc.stdout + proc.stderr).rstrip()
         if show and out:
@@ -185,7 +192,7 @@ def main() -> int:
     root = Path(tempfile.mkdtemp(prefix="ike-demo-"))
     try:
         a, b = Side(root, "gw-a"), Side(root, "gw-b")
-        db_ran = have_db and bool(shutil.which("ike")) and bool(shutil.which("ikedb"))
+        db_ran = have_db
         if db_ran:
             part_database(a, b)
         else:
