@@ -305,3 +305,28 @@ def test_transport_mode_behind_nat_sends_nat_oa(monkeypatch: pytest.MonkeyPatch)
     oas = [[x for x in m if isinstance(x, NatOaPayload)] for m in sent]
     with_oa = [o for o in oas if o]
     assert len(with_oa) == 2 and all(len(o) == 2 for o in with_oa)  # QM1 and QM2
+
+
+def test_dpd_retransmissions_use_new_sequence_numbers(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ike.proto.v1.exchanges import informational
+
+    seqs: list[int] = []
+    real = informational.r_u_there
+
+    def spy(sa, seq):  # type: ignore[no-untyped-def]
+        seqs.append(seq)
+        return real(sa, seq)
+
+    monkeypatch.setattr(informational, "r_u_there", spy)
+    a1, a2, b1, b2 = basic(dpd=10)
+    p = Pair(a1, [a2], policies_b(b1, b2), settings=EngineSettings(retransmit_timeout_s=1.0, retransmit_tries=4))
+    p.run()
+    state = {"lose_acks": True}
+    p.drop = lambda i, to, dg: state["lose_acks"] and to == "a"
+    p.advance(12.5)  # first R-U-THERE and one retransmission, ACKs lost
+    state["lose_acks"] = False
+    p.advance(20)
+    a_seqs = seqs[: len(seqs)]
+    assert len(set(a_seqs)) == len(a_seqs) and len(a_seqs) >= 3
+    assert not p.events("a", IkeSaDeleted)
+    assert p.a.is_established()

@@ -110,8 +110,9 @@ class _SaTimers:
     rekey_at: float | None
     expire_at: float
     dpd_at: float | None
-    dpd_seq: int
+    dpd_seq: int  # the sequence number of our latest R-U-THERE
     last_heard: float
+    dpd_first: int = 0  # ... and of the first one of the current round (any of them may be ACKed)
     replaced: bool = False
 
 
@@ -714,7 +715,8 @@ class Ikev1Engine:
             return
         if n.notify_type == NotifyType.R_U_THERE_ACK:
             t = self._timers.get(cookie)
-            if t is None or len(n.data) != 4 or int.from_bytes(n.data, "big") != t.dpd_seq:
+            seq = int.from_bytes(n.data, "big") if len(n.data) == 4 else -1
+            if t is None or ("dpd", cookie) not in self._flights or not _seq_between(t.dpd_first, seq, t.dpd_seq):
                 raise Drop("R-U-THERE-ACK that answers no R-U-THERE of ours")
             self._flights.pop(("dpd", cookie), None)
             t.dpd_seq = (t.dpd_seq + 1) & 0xFFFFFFFF
@@ -766,6 +768,10 @@ class Ikev1Engine:
                 continue
             f.tries += 1
             f.next_at = now + self._settings.retransmit_timeout_s * (2**f.tries)
+            if key[0] == "dpd":
+                # RFC 3706 §5.5: each R-U-THERE is a new message with the next sequence number (a peer
+                # may take a repeated one for a retransmission it already answered).
+                f.data = self._next_r_u_there(key[1])  # type: ignore[arg-type]
             self._out.append(Datagram(f.data, f.local, f.remote))
         for cookie, t in list(self._timers.items()):
             if cookie not in self._timers:
@@ -801,8 +807,14 @@ class Ikev1Engine:
             t.dpd_at = t.last_heard + delay  # heard from the peer lately: no need to ask
             return
         t.dpd_at = None
+        t.dpd_first = t.dpd_seq
         self._send_waiting(("dpd", sa.our_cookie), informational.r_u_there(sa, t.dpd_seq), sa, 1,
                            f"DPD R-U-THERE to {sa.remote[0]}", now)  # fmt: skip
+
+    def _next_r_u_there(self, cookie: bytes) -> bytes:
+        sa, t = self._sas[cookie], self._timers[cookie]
+        t.dpd_seq = (t.dpd_seq + 1) & 0xFFFFFFFF
+        return informational.r_u_there(sa, t.dpd_seq)
 
     def _give_up(self, key: tuple[object, ...], f: _Flight) -> None:
         del self._flights[key]
@@ -842,6 +854,11 @@ class Ikev1Engine:
             self._local = (self._local[0], 500)
             self._remote = (self._remote[0], 500)
             self._start_phase1(self._now, None)
+
+
+def _seq_between(first: int, seq: int, last: int) -> bool:
+    """first <= seq <= last in 32-bit sequence arithmetic."""
+    return 0 <= seq <= 0xFFFFFFFF and (seq - first) & 0xFFFFFFFF <= (last - first) & 0xFFFFFFFF
 
 
 def _digest(data: bytes) -> bytes:
