@@ -281,6 +281,10 @@ class Ikev2Engine:
     def is_established(self) -> bool:
         return self.sa is not None and self.sa.state is IkeState.ESTABLISHED
 
+    def is_finished(self) -> bool:
+        """No IKE SA left (all deleted or failed): the daemon may forget this engine."""
+        return not self._sas
+
     def traffic_seen(self, now: float) -> None:
         """The data plane saw ESP from the peer: postpones the next liveness check."""
         if self.sa is not None:

@@ -249,7 +249,10 @@ def negotiate_r(
         if in_ike_auth and sap is None and tsi is None and tsr is None:
             return [], None  # childless IKE_AUTH (RFC 6023)
         return [NotifyPayload(notify_type=n.INVALID_SYNTAX)], None
-    peer_ts = describe_ts(tsi.selectors, tsr.selectors)
+
+    def peer_ts() -> tuple[str, ...]:  # only built for a failure report
+        return describe_ts(tsi.selectors, tsr.selectors)
+
     assert sa.phase1 is not None
     p2 = rekey.phase2 if rekey is not None else eng.policies.phase2_for(sa.phase1, tsr.selectors, tsi.selectors)
     if p2 is None:
@@ -257,7 +260,7 @@ def negotiate_r(
             sa,
             2,
             f"no phase 2 definition under {sa.phase1.name} matches the peer's selectors",
-            peer_offered=peer_ts,
+            peer_offered=peer_ts(),
             notify="TS_UNACCEPTABLE",
         )
         return [NotifyPayload(notify_type=n.TS_UNACCEPTABLE)], None
@@ -270,7 +273,7 @@ def negotiate_r(
             f"peer's selectors do not overlap those of {p2.name}",
             phase2=p2,
             offered=describe_ts((p2.remote_ts,), (p2.local_ts,)),
-            peer_offered=peer_ts,
+            peer_offered=peer_ts(),
             notify="TS_UNACCEPTABLE",
         )
         return [NotifyPayload(notify_type=n.TS_UNACCEPTABLE)], None

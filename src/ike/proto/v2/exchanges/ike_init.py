@@ -10,6 +10,7 @@ answered statelessly: COOKIE, INVALID_KE_PAYLOAD, NO_PROPOSAL_CHOSEN, INVALID_SY
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import ipaddress
@@ -44,9 +45,13 @@ NONCE_LEN = 32
 ZERO_SPI = bytes(8)
 
 
+@functools.lru_cache(maxsize=4096)
+def _packed(ip: str) -> bytes:
+    return ipaddress.ip_address(ip).packed
+
+
 def nat_hash(spi_i: bytes, spi_r: bytes, addr: Address) -> bytes:
-    ip = ipaddress.ip_address(addr[0]).packed
-    return hashlib.sha1(spi_i + spi_r + ip + struct.pack("!H", addr[1]), usedforsecurity=False).digest()
+    return hashlib.sha1(spi_i + spi_r + _packed(addr[0]) + struct.pack("!H", addr[1]), usedforsecurity=False).digest()
 
 
 def nat_payloads(spi_i: bytes, spi_r: bytes, local: Address, remote: Address, fake_src: bool) -> list[Payload]:
@@ -303,13 +308,12 @@ def process_r(eng: Ikev2Engine, dg: Datagram, msg: Message, now: float) -> IkeSa
             )
             return None
     candidates = tuple(t for t in eng.policies.phase1_by_address(dg.local[0], dg.remote[0]) if t.policy.version == 2)
-    theirs = props.describe(sap.proposals)
     if not candidates:
         _reply(eng, dg, h, [NotifyPayload(notify_type=n.NO_PROPOSAL_CHOSEN)])
         eng.emit_failed(
             1,
             f"no IKEv2 tunnel definition for {dg.local[0]} <-> {dg.remote[0]}",
-            peer_offered=theirs,
+            peer_offered=props.describe(sap.proposals),
             notify="NO_PROPOSAL_CHOSEN",
         )
         return None
@@ -324,7 +328,7 @@ def process_r(eng: Ikev2Engine, dg: Datagram, msg: Message, now: float) -> IkeSa
             "no IKE proposal of the peer is acceptable",
             phase1=candidates[0],
             offered=props.describe_ike(ours),
-            peer_offered=theirs,
+            peer_offered=props.describe(sap.proposals),
             notify="NO_PROPOSAL_CHOSEN",
         )
         return None
