@@ -803,8 +803,9 @@ class Ikev1Engine:
         if ("dpd", sa.our_cookie) in self._flights:
             t.dpd_at = None
             return
-        if now - t.last_heard < delay:
-            t.dpd_at = t.last_heard + delay  # heard from the peer lately: no need to ask
+        due = t.last_heard + delay
+        if due > now:  # heard from the peer lately: no need to ask yet (same float sum as the timer)
+            t.dpd_at = due
             return
         t.dpd_at = None
         t.dpd_first = t.dpd_seq
