@@ -3,7 +3,6 @@ quick mode with PFS, DPD rounds, phase 2 rekey, phase 1 rekey, deletes."""
 
 from __future__ import annotations
 
-
 import pytest
 
 from ike.policy import AuthMethod, Credentials, Identity
