@@ -61,6 +61,14 @@ if sys.version_info < (3, 11):
 PY
 log "pip: installing ike with test extras ($("$PYTHON" --version))"
 export PIP_ROOT_USER_ACTION=ignore
-"$PYTHON" -m pip install -q --disable-pip-version-check -e '.[test]'
-# A hung test must fail by itself instead of eating CI's 90 minutes (make pytest sets the limit).
-"$PYTHON" -m pip install -q --disable-pip-version-check 'pytest-timeout>=2.2'
+pip_install() {
+    # Quiet unless it fails; the machine's pip config names local indexes that may not exist (noise).
+    local out
+    if ! out=$("$PYTHON" -m pip install -q --disable-pip-version-check "$@" 2>&1); then
+        printf '%s\n' "$out" >&2
+        return 1
+    fi
+    printf '%s\n' "$out" | grep -v -e 'is ignored: it is neither a file nor a directory' -e '^$' || true
+}
+# pytest-timeout: a hung test fails by itself instead of eating CI's 90 minutes (make pytest sets it).
+pip_install -e '.[test]' 'pytest-timeout>=2.2'
