@@ -348,3 +348,54 @@ def test_encrypted_aggressive_mode_third_message_is_accepted(monkeypatch: pytest
     assert p.log[2][1].data[19] & 1  # AM3 went encrypted
     ca, cb = p.children()
     assert ca and cb and ca[0].inbound == cb[0].outbound
+
+
+def test_commit_bit_and_connected_notify_are_accepted() -> None:
+    """A peer that sets the commit bit in QM2 and follows QM3 with HDR*, HASH(4), N(CONNECTED)."""
+    from ike.proto.api import Datagram, PacketDropped
+    from ike.proto.v1.payloads import Exchange, NotifyPayload, NotifyType
+
+    a1, a2, b1, b2 = basic()
+    p = Pair(a1, [a2], policies_b(b1, b2))
+    p.run()
+    ca = p.children()[0]
+    assert ca
+    # b (responder) now sends the CONNECTED notify in the quick mode's message ID
+    assert p.b is not None
+    sa_b = next(iter(p.b._sas.values()))
+    msgid = next(iter(sa_b.used_msgids))
+    qm4 = sa_b.protected(Exchange.QUICK, msgid, [NotifyPayload(3, NotifyType.CONNECTED, ca[0].outbound.spi)])
+    before = len(p.events("a", PacketDropped))
+    p.a.receive_datagram(Datagram(qm4, (A_IP, 500), (B_IP, 500)), p.now)
+    p.collect()
+    assert len(p.events("a", PacketDropped)) == before
+    assert p.a.is_established() and len(p.children()[0]) == 1
+
+
+def test_draft_nat_t_peer() -> None:
+    """A peer that only knows draft NAT-T: NAT-D payload type 130 and encapsulation 61443."""
+    from ike.proto.v1 import natt
+    from ike.proto.v1.isakmp_sa import IsakmpSa
+
+    a1, a2, b1, b2 = basic()
+    seen: list[int] = []
+
+    def draft_only() -> list[bytes]:
+        return [natt.VID_NATT_DRAFT02N, natt.VID_DPD]
+
+    import unittest.mock as um
+
+    with um.patch.object(natt, "our_vendor_ids", draft_only):
+        p = Pair(a1, [a2], policies_b(b1, b2), settings=EngineSettings(extra={"force_udp_encap": True}))
+        p.run()
+    ia, ib = p.established()
+    assert ia and ib
+    ca, cb = p.children()
+    assert ca[0].udp_encap and cb[0].udp_encap
+    sa_a: IsakmpSa = next(iter(p.a._sas.values()))
+    assert sa_a.natt == natt.NATT_DRAFT
+    for _, dg in p.log[2:4]:  # MM3 / MM4 carry draft NAT-D payloads
+        from ike.proto.v1.payloads import decode_chain
+
+        seen += [d.type for d in decode_chain(dg.data[16], dg.data[28:])]
+    assert 130 in seen and 20 not in seen

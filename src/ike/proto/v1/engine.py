@@ -564,6 +564,8 @@ class Ikev1Engine:
         key = (cookie, h.message_id)
         qm = self._qms.get(key)
         if qm is None:
+            if h.message_id in sa.used_msgids and self._connected_notify(sa, dg, h):
+                return
             if h.message_id == 0 or h.message_id in sa.used_msgids:
                 raise Drop(f"quick mode message ID {h.message_id:#x} is zero or already used")
             if len(self._qms) >= _MAX_QM_IN_FLIGHT * 2:
@@ -590,6 +592,19 @@ class Ikev1Engine:
         self._remember_answer(dg.data, out, sa)
         if qm.done:
             self._child_established(sa, qm, now)
+
+    def _connected_notify(self, sa: IsakmpSa, dg: Datagram, h: Header) -> bool:
+        """A fourth quick mode message, HDR*, HASH, N(CONNECTED), from a peer that set the commit bit
+        (RFC 2408 §3.1, RFC 2409 §5.5). Our SA is in use since QM3 already (as with strongSwan), so
+        it only needs to be accepted quietly."""
+        try:
+            rx = informational.receive(sa, dg.data, h)
+        except Drop:
+            return False
+        if any(n.notify_type == NotifyType.CONNECTED for n in rx.notifies):
+            self._remember_answer(dg.data, None, sa)
+            return True
+        return False
 
     def _gc_qms(self) -> None:
         for key in [k for k, q in self._qms.items() if q.done]:
