@@ -213,3 +213,37 @@ def iked_xml(p1s: Iterable[P1], p2s: Iterable[P2], psk: str = PSK, esp_keylen: i
 
 def run(cmd: list[str], timeout: float = 60, **kw: object) -> subprocess.CompletedProcess[str]:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=True, **kw)  # type: ignore[call-overload, no-any-return]
+
+
+class Profiler:
+    """py-spy sampling `pid` while a block runs, written as collapsed stacks (`--format raw`) that
+    `python bench/stacks.py FILE` summarises. Does nothing when `out` is None."""
+
+    def __init__(self, pid: int, out: Path | None, idle: bool = True) -> None:
+        self.pid, self.out, self.idle = pid, out, idle
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> Profiler:
+        import shutil
+
+        if self.out is not None:
+            spy = shutil.which("py-spy")
+            if spy is None:
+                raise SystemExit("--profile needs py-spy (pip install py-spy)")
+            cmd = [spy, "record", "-p", str(self.pid), "-o", str(self.out), "-f", "raw", "-r", "200"]
+            if self.idle:
+                cmd.append("--idle")
+            self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(0.5)  # py-spy attaches
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        import signal
+
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+            log(f"  profile of pid {self.pid}: {self.out}")

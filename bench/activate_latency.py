@@ -1,0 +1,131 @@
+"""activate-latency: from the command to an established tunnel (IKEv2, PSK, AES-GCM-128,
+Curve25519, one child SA), as a user sees it: `ike cmd=activate phase=2 numlist=1 wait` between two
+iked (userspace data plane) against `swanctl --initiate --child net` between two charons
+(kernel-libipsec). Both commands run through `ip netns exec` and include their own start-up; the
+tunnel is removed between tries. `ike cmd=list` (the command's start-up and one control request)
+is printed as the floor our CLI adds.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import (
+    P1,
+    P2,
+    PSK,
+    engine_available,
+    iked_xml,
+    log,
+    median,
+    not_measured,
+    parser,
+    prerequisites,
+    result,
+)
+
+NAME = "activate-latency"
+
+
+def _timed(fn: object) -> float:
+    t0 = time.perf_counter()
+    fn()  # type: ignore[operator]
+    return time.perf_counter() - t0
+
+
+def _wait(cond: object, what: str, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def iked_tries(a: object, b: object, tries: int) -> tuple[list[float], float]:
+    from harness.iked import Iked
+    from harness.netns import Host
+
+    assert isinstance(a, Host) and isinstance(b, Host)
+
+    def tunnels(d: Iked) -> list[object]:
+        out = json.loads(d.ike("cmd=list", "format=json").stdout)
+        return [t for t in out["tunnels"] if t.get("state") == "established"]
+
+    times: list[float] = []
+    with (
+        Iked(a, dataplane="userspace", log_level="errors") as ia,
+        Iked(b, dataplane="userspace", log_level="errors") as ib,
+    ):
+        ia.put(iked_xml([P1("gw", a.outer4, b.outer4)], [P2("net", "gw", a.inner_net4, b.inner_net4)]))
+        ib.put(iked_xml([P1("gw", b.outer4, a.outer4)], [P2("net", "gw", b.inner_net4, a.inner_net4)]))
+        floor = median([_timed(lambda: ia.ike("cmd=list")) for _ in range(3)])
+        for _ in range(tries):
+            t = _timed(lambda: ia.ike("cmd=activate", "phase=2", "numlist=1", "wait"))
+            if not tunnels(ia):
+                raise RuntimeError(f"activate returned but nothing is established:\n{ia.log(40)}")
+            times.append(t)
+            ia.ike("cmd=remove", "all")
+            _wait(lambda: not tunnels(ia) and not tunnels(ib), "iked to remove the tunnel on both sides")
+    return times, floor
+
+
+def charon_tries(a: object, b: object, tries: int) -> list[float]:
+    from harness.netns import Host
+    from harness.strongswan import Charon, Child, Conn
+
+    assert isinstance(a, Host) and isinstance(b, Host)
+    times: list[float] = []
+    with Charon(a) as ca, Charon(b) as cb:
+        for c, me, peer in ((ca, a, b), (cb, b, a)):
+            c.load(
+                Conn(
+                    name="gw",
+                    local_addrs=[me.outer4],
+                    remote_addrs=[peer.outer4],
+                    proposals=["aes128gcm16-prfsha256-x25519"],
+                    psk=PSK,
+                    children=[Child("net", [me.inner_net4], [peer.inner_net4], ["aes128gcm16"])],
+                )
+            )
+        for _ in range(tries):
+            # swanctl --initiate blocks until the CHILD_SA is up (or fails, which raises).
+            times.append(_timed(lambda: ca.swanctl("--initiate", "--child", "net", "--ike", "gw")))
+            ca.wait_established("gw", "net", timeout=5)
+            ca.swanctl("--terminate", "--ike", "gw")
+            _wait(lambda: not ca.list_sas() and not cb.list_sas(), "charon to remove the SAs on both sides")
+    return times
+
+
+def main() -> int:
+    p = parser(__doc__)
+    p.add_argument("--tries", type=int, default=None, help="per daemon (default 10, tiny 2)")
+    a_ = p.parse_args()
+    tries = a_.tries or (2 if a_.tiny else 10)
+    why = prerequisites("ip")
+    if why:
+        not_measured(NAME, why, a_.tiny)
+    ok, why = engine_available(2)
+    if not ok:
+        not_measured(NAME, why, a_.tiny)
+    from harness.netns import two_hosts
+
+    log(f"{NAME}: IKEv2 PSK AES-GCM-128 x25519, one child SA, {tries} tries each, median counts")
+    with two_hosts() as (a, b):
+        ours, floor = iked_tries(a, b, tries)
+        theirs = charon_tries(a, b, tries)
+    ms = [f"{1000 * t:.0f}" for t in ours]
+    log(f"  ike cmd=activate ... wait   {1000 * median(ours):7.1f} ms median  (tries: {' '.join(ms)} ms)")
+    log(f"    of which CLI start-up and one control request (ike cmd=list): {1000 * floor:.1f} ms")
+    ms = [f"{1000 * t:.0f}" for t in theirs]
+    log(f"  swanctl --initiate          {1000 * median(theirs):7.1f} ms median  (tries: {' '.join(ms)} ms)")
+    result(NAME, 1000 * median(ours), 1000 * median(theirs), "ms", higher_is_better=False)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
