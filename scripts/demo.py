@@ -30,7 +30,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from harness.iked import Iked, IkedError
-from harness.netns import Host, two_hosts
+from harness.netns import Host, capture, two_hosts
 
 COMMANDS = {
     "ike": [sys.executable, "-c", "import sys; from ike.cli.main import main; sys.exit(main())"],
@@ -38,7 +38,7 @@ COMMANDS = {
 }
 
 # Switch for part 2 (see the module doc).
-DAEMON_PART_READY = False
+DAEMON_PART_READY = True
 
 PSK = "ike demo key - not for real use"
 
@@ -154,11 +154,22 @@ def part_daemon(db_a: Side, db_b: Side) -> None:
             a.sh("ike", "cmd=activate", "phase=2", "numlist=1", "wait")
             a.sh("ike", "cmd=list")
             b.sh("ike", "cmd=list", "role=r")
-            print(f"[gw-a] $ ping -c 3 -I {ha.inner4} {hb.inner4}", flush=True)
-            ping = ha.ping(hb.inner4, count=3, src=ha.inner4)
+            print(f"[gw-a] $ ping -c 3 -I {ha.inner4} {hb.inner4}     (while tcpdump watches gw-a's veth0)", flush=True)
+            with capture(ha, "veth0", "not arp and not icmp6") as cap:
+                ping = ha.ping(hb.inner4, count=3, src=ha.inner4)
             print("    " + ping.stdout.rstrip().replace("\n", "\n    "), flush=True)
             if ping.returncode != 0:
                 raise DemoError("traffic did not pass through the tunnel")
+            wire = [p for p in cap.between(ha.outer4, hb.outer4) if p.kind in ("esp", "esp-in-udp")]
+            clear = [p for p in cap.packets if {p.src, p.dst} & {ha.inner4, hb.inner4}]
+            spis = ", ".join(sorted({f"{p.spi:08x}" for p in wire if p.spi is not None}))
+            print(
+                f"    on the wire: {len(wire)} ESP packets between {ha.outer4} and {hb.outer4} (SPIs {spis}), "
+                f"{len(clear)} packets with an inside address in clear",
+                flush=True,
+            )
+            if clear or len(wire) < 6:
+                raise DemoError("the ping was not carried encrypted by the tunnel")
             a.sh("ike", "cmd=list", "verbose")
             a.sh("ike", "cmd=remove", "all")
             a.sh("ike", "cmd=list")
