@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -22,7 +23,8 @@ PSK = "iked netns test key"
 SIDE = """<?xml version="1.0" encoding="UTF-8"?>
 <AIX_VPN Version="2.0">
   <IKEProtection IKE_ProtectionName="p1pol" IKE_Version="{version}" IKE_XCHGMode="{mode}"
-                 IKE_AuthenticationMethod="Preshared_key" IKE_KeyRefreshSeconds="{p1life}">
+                 IKE_AuthenticationMethod="Preshared_key" IKE_KeyRefreshSeconds="{p1life}"
+                 IKE_DPDDelaySeconds="{dpd}" IKE_DPDAction="{dpd_action}">
     <IKETransform IKE_Encryption="aes-cbc" IKE_KeyLength="256" {integ}
                   IKE_PRF="hmac-sha2-256" IKE_DHGroup="{dh}"/>
   </IKEProtection>
@@ -62,6 +64,8 @@ def side_xml(me: Host, peer: Host, version: int = 2, psk: str = PSK, dh: int = 1
         "esp_auth": "",
         "integ": 'IKE_Integrity="hmac-sha2-256-128"' if version == 2 else "",
         "autostart": "No",
+        "dpd": 30,
+        "dpd_action": "clear",
     }
     params.update(kw)
     return SIDE.format(
@@ -184,3 +188,155 @@ def test_errors_without_daemon_and_bad_numbers(hosts: tuple[Host, Host]) -> None
         assert d.alive()
     finally:
         d.stop()
+
+
+def up(ia: Iked, ib: Iked, a: Host, b: Host, version: int, **kw: Any) -> None:
+    ia.put(side_xml(a, b, version, **kw))
+    ib.put(side_xml(b, a, version, **kw))
+    ia.ike("cmd=activate", "phase=2", "numlist=1", "wait")
+
+
+def test_mismatch_fails_with_reason_and_both_offers(hosts: tuple[Host, Host]) -> None:
+    need_engine(2)
+    a, b = hosts
+    with Iked(a, dataplane="none") as ia, Iked(b, dataplane="none") as ib:
+        ia.put(side_xml(a, b, 2, dh=19))
+        ib.put(side_xml(b, a, 2, dh=14))
+        r = ia.ike("cmd=activate", "phase=2", "numlist=1", "wait", check=False)
+        assert r.returncode == 1
+        assert "phase 1 tunnel gw (database tunnel 1): failed" in r.stdout and "NO_PROPOSAL_CHOSEN" in r.stdout
+        assert "we offered:" in r.stdout
+        # the responder knows both sides' offers and shows them
+        tun = listing(ib)["tunnels"]
+        assert len(tun) == 1, tun
+        t = tun[0]
+        assert t["state"] == "failed" and t["role"] == "r"
+        assert any("dh19" in o or "ecp256" in o for o in t["peer_offered"]), t
+        assert any("dh14" in o or "modp2048" in o for o in t["offered"]), t
+        text = ib.ike("cmd=list", "verbose").stdout
+        assert "Peer offered:" in text and "We offered:" in text and "Failed" in text
+        concise = ia.ike("cmd=list").stdout
+        assert "Failed" in concise and "reason:" in concise
+        assert ia.alive() and ib.alive()
+
+
+def test_log_switch_autostart_and_garbage(hosts: tuple[Host, Host]) -> None:
+    need_engine(2)
+    a, b = hosts
+    ib = Iked(b, dataplane="userspace")
+    ib.put(side_xml(b, a, 2))
+    ia = Iked(a, dataplane="userspace", autostart=True, log_level="errors")
+    ia.put(side_xml(a, b, 2, autostart="Yes"))
+    try:
+        ib.start()
+        ia.start()  # autostart brings the tunnel up without any ike command
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            tun = listing(ia)["tunnels"]
+            if tun and tun[0]["state"] == "established" and tun[0]["phase2"]:
+                break
+            time.sleep(0.2)
+        assert tun and tun[0]["phase2"][0]["state"] == "established", ia.log(40)
+        assert "established" not in ia.log_path.read_text()  # level errors: no events logged
+
+        # ike cmd=log: new level and file, tunnels untouched
+        new_log = ia.workdir / "second.log"
+        ia.conf.write_text(f"log_level = information\nlog_destination = {new_log}\n")
+        out = ia.ike("cmd=log")
+        assert f"logging at level information to {new_log}" in out.stdout
+        ia.ike("cmd=activate", "phase=2", "numlist=2", "wait")
+        assert "phase 2 tunnel 2 established" in new_log.read_text()
+        assert listing(ia)["tunnels"][0]["tunnel"] == 1  # the first tunnel was not disturbed
+        # a broken IKE_CONF is refused and changes nothing
+        ia.conf.write_text("log_level = loud\n")
+        bad = ia.ike("cmd=log", check=False)
+        assert bad.returncode == 1 and "log level 'loud'" in bad.stderr and "logging unchanged" in bad.stderr
+
+        # garbage at both ports from the peer host: dropped, daemon and tunnels fine
+        junk = (
+            "import socket, os\n"
+            "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+            f"s.bind(({b.outer4!r}, 0))\n"
+            "for n in range(300):\n"
+            "    for port in (500, 4500):\n"
+            f"        s.sendto(os.urandom(n % 90), ({a.outer4!r}, port))\n"
+            f"        s.sendto(bytes(4) + os.urandom(n % 90), ({a.outer4!r}, port))\n"
+        )
+        b.run([sys.executable, "-c", junk])
+        time.sleep(0.3)
+        assert ia.alive() and ib.alive()
+        ping = a.ping(b.inner4, count=2, src=a.inner4)
+        assert ping.returncode == 0, ia.log(40)
+        assert [t["state"] for t in listing(ia)["tunnels"]] == ["established"]
+    finally:
+        ia.stop()
+        ib.stop()
+
+
+def test_remid_ipaddr_namelist_and_phase1_only(hosts: tuple[Host, Host]) -> None:
+    need_engine(2)
+    a, b = hosts
+    with Iked(a, dataplane="none") as ia, Iked(b, dataplane="none") as ib:
+        ia.put(side_xml(a, b, 2))
+        ib.put(side_xml(b, a, 2))
+        out = ia.ike("cmd=activate", "phase=1", f"remid={b.outer4}", "wait").stdout
+        assert "phase 1 tunnel gw (database tunnel 1): established" in out and "phase 2" not in out
+        assert listing(ia)["tunnels"][0]["phase2"] == []
+        out = ia.ike("cmd=activate", "phase=2", "remid=198.19.2.0,255.255.255.0", "wait").stdout
+        assert "already active" in out and "phase 2 tunnel net (database tunnel 1): established" in out
+        out = ia.ike("cmd=activate", "phase=2", "namelist=icmp", "wait").stdout
+        assert "phase 2 tunnel icmp (database tunnel 2): established" in out
+        out = ia.ike("cmd=activate", "phase=2", f"ipaddr={a.outer4},{b.outer4}").stdout
+        assert out.count("already active") == 3
+        bad = ia.ike("cmd=activate", "remid=nobody.example", check=False)
+        assert bad.returncode == 1 and "matches no phase 1 ID, phase 2 ID or group" in bad.stderr
+        # list filters: role, phase 2 with its phase 1, numlist
+        assert listing(ia, "role=r")["tunnels"] == []
+        two = listing(ia, "phase=2", "numlist=2")["tunnels"]
+        assert [t["name"] for t in two] == ["icmp"] and two[0]["phase1"]["tunnel"] == 1
+        text = ib.ike("cmd=list", "phase=2").stdout
+        assert text.count("Responder") == 4  # a phase 1 line before each of the two phase 2 lines
+
+
+def test_phase1_removal_v1_children_run_on_unrefreshed(hosts: tuple[Host, Host]) -> None:
+    need_engine(1)
+    a, b = hosts
+    with Iked(a) as ia, Iked(b) as ib:
+        up(ia, ib, a, b, 1)
+        ia.ike("cmd=remove", "phase=1", "all")
+        time.sleep(0.3)
+        tun = listing(ia)["tunnels"]
+        assert [(t.get("phase"), t["state"], t["refresh"]) for t in tun] == [(2, "established", False)]
+        ping = a.ping(b.inner4, count=2, src=a.inner4)
+        assert ping.returncode == 0, ia.log(40)
+        assert "its phase 1 was removed" in ia.ike("cmd=list", "verbose").stdout
+
+
+def test_peer_vanishes_dpd_clears_and_daemon_goes_on(hosts: tuple[Host, Host]) -> None:
+    need_engine(2)
+    a, b = hosts
+    with Iked(a, extra_args=["--retransmit-timeout", "0.5", "--retransmit-tries", "2"]) as ia:
+        ib = Iked(b)
+        try:
+            ib.start()
+            up(ia, ib, a, b, 2, dpd=1)
+            assert ib.proc is not None
+            ib.proc.kill()  # no deletes: the peer just disappears
+            ib.proc.wait(5)
+            deadline = time.monotonic() + 40
+            state = "established"
+            while time.monotonic() < deadline:
+                tun = listing(ia)["tunnels"]
+                state = tun[0]["state"] if tun else "gone"
+                if state != "established":
+                    break
+                time.sleep(0.5)
+            assert state in ("deleted", "gone"), ia.log(40)
+            assert ia.alive()
+            if tun:
+                assert "unreachable" in (tun[0]["last_error"] or "") or "DPD" in (tun[0]["last_error"] or "")
+            r = ia.ike("cmd=activate", "phase=2", "numlist=1", "wait", check=False)
+            assert r.returncode == 1 and "failed" in r.stdout
+            assert ia.alive()
+        finally:
+            ib.stop()

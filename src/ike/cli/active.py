@@ -154,7 +154,10 @@ def render_activate(result: dict[str, Any], out: TextIO, waited: bool) -> None:
             elif state == "negotiating":
                 line = f"{what}: still negotiating as {active} after the wait; see ike cmd=list verbose"
             else:
-                line = f"{what}: {STATUS.get(state, state).lower()} ({active}): {r.get('message') or 'no reason given'}"
+                why = r.get("message") or "no reason given"
+                if r.get("notify") and r["notify"] not in why:
+                    why += f" (notify {r['notify']})"
+                line = f"{what}: {STATUS.get(state, state).lower()} ({active}): {why}"
         elif r["status"] == "failed":
             line = f"{what}: failed: {r.get('message') or 'no reason given'}"
         else:

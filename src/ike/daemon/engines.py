@@ -14,7 +14,7 @@ from typing import Any
 
 from ike.daemon.policies import IndexedPolicies
 from ike.policy import Phase1Tunnel, Phase2Tunnel
-from ike.proto.api import Address, Datagram, Demux, Engine, EngineSettings
+from ike.proto.api import Address, Datagram, Demux, Engine, EngineSettings, Event
 
 log = logging.getLogger("ike.daemon.engines")
 
@@ -71,9 +71,15 @@ class RealEngines:
         # IKE_AUTH, the rest in CREATE_CHILD_SA exchanges).
         return engine, list(children)
 
-    def respond(self, version: int, dg: Datagram, now: float) -> Engine | None:
+    def respond(self, version: int, dg: Datagram, now: float) -> tuple[Engine | None, list[Datagram], list[Event]]:
         if version not in _CLASSES:
-            return None
-        cls = getattr(self._module(version), _CLASSES[version][1])
-        engine: Engine | None = cls.respond(dg, self.policies, self.settings, now)
-        return engine
+            return None, [], []
+        mod = self._module(version)
+        cls = getattr(mod, _CLASSES[version][1])
+        stateless_cls = getattr(mod, "StatelessOutput", None)
+        if stateless_cls is None:
+            engine: Engine | None = cls.respond(dg, self.policies, self.settings, now)
+            return engine, [], []
+        out = stateless_cls()
+        engine = cls.respond(dg, self.policies, self.settings, now, out)
+        return engine, list(out.datagrams), list(out.events)

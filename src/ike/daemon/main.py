@@ -56,6 +56,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--rundir", type=Path, default=None, help="control socket directory (default IKE_RUNDIR or /run/ike)"
     )
     p.add_argument("--no-autostart", action="store_true", help="do not start autostart tunnels at start-up")
+    p.add_argument(
+        "--retransmit-timeout", type=float, default=1.0, help="seconds before the first retransmission (doubles)"
+    )
+    p.add_argument(
+        "--retransmit-tries", type=int, default=5, help="retransmissions before a peer counts as unreachable"
+    )
     ns = p.parse_args(argv)
     if ns.listen:
         ns.listen = [a.strip() for item in ns.listen for a in item.split(",") if a.strip()]
@@ -64,6 +70,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     for port in (ns.ike_port, ns.natt_port):
         if not 0 <= port <= 65535:
             p.error(f"port {port} is outside 0-65535")
+    if not 0.05 <= ns.retransmit_timeout <= 60:
+        p.error("--retransmit-timeout must be between 0.05 and 60 seconds")
+    if not 0 <= ns.retransmit_tries <= 20:
+        p.error("--retransmit-tries must be between 0 and 20")
     return ns
 
 
@@ -75,10 +85,12 @@ def make_dataplane(kind: str) -> DataPlane | None:
     return backend  # type: ignore[no-any-return]
 
 
-def make_engine_factory(policies: IndexedPolicies) -> EngineFactory:
+def make_engine_factory(policies: IndexedPolicies, ns: argparse.Namespace) -> EngineFactory:
     from ike.daemon.engines import RealEngines
+    from ike.proto.api import EngineSettings
 
-    factory: EngineFactory = RealEngines(policies)
+    settings = EngineSettings(retransmit_timeout_s=ns.retransmit_timeout, retransmit_tries=ns.retransmit_tries)
+    factory: EngineFactory = RealEngines(policies, settings)
     return factory
 
 
@@ -126,7 +138,7 @@ class Daemon:
         except Exception as e:
             log.error("data plane %s: %s", self.ns.dataplane, e)
             return 1
-        self.factory = make_engine_factory(policies)
+        self.factory = make_engine_factory(policies, self.ns)
         udp = UdpServer(loop, self.ns.listen, self.ns.ike_port, self.ns.natt_port)
         self.udp = udp
         manager = TunnelManager(loop, policies, self.factory, udp.send_ike, self.dataplane, self.load_policies)

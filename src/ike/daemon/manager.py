@@ -61,7 +61,10 @@ class EngineFactory(Protocol):
         with start_child once phase 1 is up."""
         ...
 
-    def respond(self, version: int, dg: Datagram, now: float) -> Engine | None: ...
+    def respond(self, version: int, dg: Datagram, now: float) -> tuple[Engine | None, list[Datagram], list[Event]]:
+        """A responder that has already processed `dg`; or None with what was sent and reported
+        without keeping state (error notifies, cookie requests)."""
+        ...
 
 
 class DataPlane(Protocol):
@@ -220,6 +223,7 @@ class TunnelManager:
         self._next_p2 = 1
         self._next_dp = 1
         self._closing = False
+        self._stateless_failed: dict[tuple[Address, bytes], bool] = {}
 
     def now(self) -> float:
         return self.loop.time()
@@ -265,8 +269,9 @@ class TunnelManager:
                 log.debug("dropped a message from %s for an SA we do not have", remote[0])
                 return
             slot = self._new_responder(dmx, dg)
-            if slot is None:
-                return
+            if slot is not None:
+                self._pump(slot)  # respond() has already taken the first message
+            return
         self._call(slot, lambda e: e.receive_datagram(dg, self.now()))
 
     def _new_responder(self, dmx: Demux, dg: Datagram) -> Slot | None:
@@ -277,19 +282,42 @@ class TunnelManager:
         except Exception as e:
             log.error("cannot re-read the tunnel database: %s; answering with the definitions loaded before", e)
         try:
-            engine = self.factory.respond(dmx.version, dg, self.now())
+            engine, sent, events = self.factory.respond(dmx.version, dg, self.now())
         except Exception:
             self.stats.engine_errors += 1
             log.exception("creating a responder for %s failed", dg.remote[0])
             return None
         if engine is None:
-            self.stats.datagrams_unmatched += 1
+            # Answered without keeping state (an error notify, a cookie request) or ignored.
+            for out in sent:
+                self.send(out)
+            for ev in events:
+                self._stateless_event(ev, dmx.version, dg, dmx.peer_spi)
+            if not sent and not events:
+                self.stats.datagrams_unmatched += 1
             return None
         slot = self._add_slot(engine, dmx.version, Role.RESPONDER, dg.remote)
         slot.half_open_key = (dg.remote, dmx.peer_spi)
         self.half_open[slot.half_open_key] = slot
         self.loop.call_later(HALF_OPEN_TIMEOUT_S, self._half_open_expired, slot)
         return slot
+
+    def _stateless_event(self, ev: Event, version: int, dg: Datagram, peer_spi: bytes) -> None:
+        if isinstance(ev, NegotiationFailed):
+            key = (dg.remote, peer_spi)
+            if key in self._stateless_failed:
+                return  # a retransmission of a request already refused and recorded
+            if len(self._stateless_failed) > 4 * MAX_DEAD_ENTRIES:
+                self._stateless_failed.clear()
+            self._stateless_failed[key] = True
+            e = P1Entry(self._next_p1, Role.RESPONDER, ev.phase1, dg.local, dg.remote, version)
+            self._next_p1 += 1
+            self.p1[e.number] = e
+            self._prune()
+            self._p1_fail(e, ev.reason, offered=ev.offered, peer_offered=ev.peer_offered, notify=ev.notify)
+        elif isinstance(ev, PacketDropped):
+            self.stats.packets_dropped += 1
+            log.debug("dropped a message from %s: %s", ev.remote[0], ev.reason)
 
     def _half_open_expired(self, slot: Slot) -> None:
         if slot.dead or slot.p1_by_sa:
@@ -880,6 +908,7 @@ class TunnelManager:
                     r["message"] = e.last_error
                 r["offered"] = list(e.offered)
                 r["peer_offered"] = list(e.peer_offered)
+                r["notify"] = e.notify
             else:
                 r.setdefault("state", "failed" if r["status"] == "failed" else "gone")
             out.append(r)

@@ -296,7 +296,9 @@ class ToyFactory:
         self.engines.append(e)
         return e, [first] if first is not None else []
 
-    def respond(self, version: int, dg: Datagram, now: float) -> ToyEngine | None:
+    def respond(self, version: int, dg: Datagram, now: float) -> tuple[ToyEngine | None, list[Datagram], list[Event]]:
+        """Like the real engines: the responder has already processed the first message."""
         e = ToyEngine(Role.RESPONDER, self.policies, dg.local, dg.remote)
+        e.receive_datagram(dg, now)
         self.engines.append(e)
-        return e
+        return e, [], []
