@@ -184,6 +184,8 @@ class Ikev1Engine:
         eng._p1x[cky_r] = x
         eng._events.append(SpiAdded(cky_r))
         eng._guard(lambda: eng._phase1_step(sa, x, dg, h, now), dg.remote)
+        if cky_r in eng._p1x and x.state.value == "init":
+            eng._abandon_phase1(cky_r)  # a malformed first message leaves nothing half-open
         return eng
 
     # --- Engine protocol --------------------------------------------------------------------------
