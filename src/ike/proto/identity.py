@@ -12,6 +12,7 @@ this module maps (type, data) <-> `policy.Identity` once:
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 
@@ -60,6 +61,7 @@ def dn_equal(a: x509.Name, b: x509.Name) -> bool:
     return ra == rb or ra == rb[::-1]
 
 
+@functools.lru_cache(maxsize=4096)
 def identity_to_wire(identity: Identity) -> tuple[int, bytes]:
     """(ID type number, identification data) for an ID payload."""
     t = identity.type
@@ -195,6 +197,7 @@ def _decode_oid(b: bytes) -> str:
     return ".".join(map(str, head + parts[1:]))
 
 
+@functools.lru_cache(maxsize=4096)
 def _canon(identity: Identity) -> object:
     t = identity.type
     if t in (IdType.IPV4, IdType.IPV6):

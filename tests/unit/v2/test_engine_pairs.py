@@ -162,6 +162,9 @@ def test_identity_mismatch_reports_offered_and_received() -> None:
     net.pump()
     f = net.i.of(NegotiationFailed)
     assert f and "gw.example" in f[0].offered[0] and "other.example" in f[0].peer_offered[0]
+    # The responder had the SA up; it is told and closes it.
+    assert net.r.of(IkeSaEstablished) and net.r.of(IkeSaDeleted)
+    assert "AUTHENTICATION_FAILED" in net.r.of(IkeSaDeleted)[0].reason
 
 
 def test_unknown_identity_at_responder() -> None:

@@ -569,6 +569,15 @@ class Ikev2Engine:
             live = [s for s in self._sas.values() if s.state is IkeState.ESTABLISHED]
             self.sa = live[-1] if live else None
 
+    def tell_auth_failed(self, sa: IkeSa) -> None:
+        """We reject the responder after it considers the IKE SA up: tell it once, unacknowledged
+        (RFC 7296 §2.21.2), so it does not keep a dead SA until its liveness check."""
+        if sa.out is None:
+            return
+        h = IkeHeader(sa.spi_i, sa.spi_r, 0, INFORMATIONAL, FLAG_INITIATOR if sa.initiator else 0, sa.next_msg_id)
+        for d in self._protect(sa, h, [NotifyPayload(notify_type=n.AUTHENTICATION_FAILED)]):
+            self.send_raw(d, sa.local, sa.remote)
+
     def peer_unreachable(self, sa: IkeSa, reason: str, now: float) -> None:
         if sa.state in (IkeState.INIT_SENT, IkeState.AUTH_SENT, IkeState.HALF_OPEN):
             self.fail(sa, 1, f"peer {sa.remote[0]} did not answer: {reason}")

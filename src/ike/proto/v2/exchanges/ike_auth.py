@@ -166,6 +166,7 @@ class IkeAuth(Task):
             eng.fail(sa, 1, f"responder's identity is invalid: {e}", notify="AUTHENTICATION_FAILED")
             return Result.DONE
         if not identities_match(p1.remote_id, peer_id):
+            eng.tell_auth_failed(sa)
             eng.fail(
                 sa,
                 1,
@@ -179,6 +180,7 @@ class IkeAuth(Task):
         try:
             verify_peer(eng, sa, p1, msg, idp, peer_id, now)
         except AuthError as e:
+            eng.tell_auth_failed(sa)
             eng.fail(sa, 1, f"responder failed authentication: {e}", notify="AUTHENTICATION_FAILED")
             return Result.DONE
         sa.remote_id = peer_id

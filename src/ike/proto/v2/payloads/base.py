@@ -103,45 +103,44 @@ class RawBody(Payload):
 
 
 def payload_type(p: Payload) -> int:
-    if isinstance(p, UnknownPayload | RawBody):
-        return p.ptype
-    return p.TYPE
+    return p.ptype if type(p) is UnknownPayload or type(p) is RawBody else p.TYPE  # type: ignore[attr-defined]
 
 
 def encode_chain(payloads: Sequence[Payload], last_next: int = NONE) -> tuple[int, bytes]:
-    """(type of the first payload, encoded chain). `last_next` is the Next Payload of the last one
-    (only the SK payload's inner chain uses something else: never)."""
-    out = bytearray()
+    """(type of the first payload, encoded chain); `last_next` is the last one's Next Payload."""
+    parts: list[bytes] = []
     types = [payload_type(p) for p in payloads]
+    types.append(last_next)
+    pack = struct.pack
     for i, p in enumerate(payloads):
         body = p.encode_body()
-        nxt = types[i + 1] if i + 1 < len(payloads) else last_next
-        out += struct.pack("!BBH", nxt, 0x80 if p.critical else 0, 4 + len(body))
-        out += body
-    return (types[0] if payloads else NONE), bytes(out)
+        parts.append(pack("!BBH", types[i + 1], 0x80 if p.critical else 0, 4 + len(body)))
+        parts.append(body)
+    return (types[0] if payloads else NONE), b"".join(parts)
 
 
 def decode_chain(first: int, data: bytes, base_offset: int = 0) -> list[Payload]:
     """Decode a payload chain. An SK/SKF payload must be the last; its body is returned raw."""
     out: list[Payload] = []
     nxt, pos, end = first, 0, len(data)
+    unpack, registry = struct.unpack_from, _REGISTRY
     while nxt != NONE:
         if pos + 4 > end:
             raise DecodeError(f"payload {PAYLOAD_NAMES.get(nxt, nxt)} header truncated at offset {pos}")
-        following, flags, length = struct.unpack_from("!BBH", data, pos)
+        following, flags, length = unpack("!BBH", data, pos)
         if length < 4 or pos + length > end:
             raise DecodeError(
                 f"payload {PAYLOAD_NAMES.get(nxt, nxt)} length {length} does not fit "
                 f"({end - pos} bytes left at offset {pos})"
             )
         body = data[pos + 4 : pos + length]
-        critical = bool(flags & 0x80)
+        critical = flags & 0x80 != 0
         if nxt in (SK, SKF):
             if pos + length != end:
                 raise DecodeError(f"{PAYLOAD_NAMES[nxt]} payload is not the last payload")
             out.append(RawBody(critical, nxt, following, base_offset + pos + 4, body))
             return out
-        cls = _REGISTRY.get(nxt)
+        cls = registry.get(nxt)
         if cls is None:
             out.append(UnknownPayload(critical, nxt, body))
         else:
@@ -151,7 +150,8 @@ def decode_chain(first: int, data: bytes, base_offset: int = 0) -> list[Payload]
                 raise
             except (ValueError, IndexError, struct.error) as e:
                 raise DecodeError(f"payload {PAYLOAD_NAMES.get(nxt, nxt)} is malformed: {e}") from None
-            p.critical = critical
+            if critical:
+                p.critical = True
             out.append(p)
         nxt = following
         pos += length

@@ -5,7 +5,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from ike.proto.v2.payloads.base import NOTIFY, DecodeError, Payload, need, register
+from ike.proto.v2.payloads.base import NOTIFY, DecodeError, Payload, register
 
 # Errors
 UNSUPPORTED_CRITICAL_PAYLOAD = 1
@@ -71,7 +71,8 @@ class NotifyPayload(Payload):
 
     @classmethod
     def decode_body(cls, data: bytes, ptype: int) -> NotifyPayload:
-        need(data, 4, "Notify payload")
+        if len(data) < 4:
+            raise DecodeError(f"Notify payload is {len(data)} bytes, needs at least 4")
         proto, spi_size, ntype = struct.unpack_from("!BBH", data)
         if spi_size not in (0, 4, 8) or 4 + spi_size > len(data):
             raise DecodeError(f"{notify_name(ntype)}: SPI size {spi_size} is invalid")

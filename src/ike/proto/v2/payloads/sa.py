@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from ike.proto.v2.payloads.base import SA, DecodeError, Payload, need, register
 
@@ -23,8 +24,9 @@ TRANSFORM_TYPE_NAMES = {ENCR: "ENCR", PRF: "PRF", INTEG: "INTEG", DH: "DH", ESN:
 ATTR_KEY_LENGTH = 14
 
 
-@dataclass(frozen=True)
-class Transform:
+class Transform(NamedTuple):
+    """A tuple, not a dataclass: proposals hold many and matching compares them."""
+
     type: int
     id: int
     keylen: int | None = None  # the Key Length attribute, bits
@@ -65,35 +67,37 @@ class Proposal:
 
 def _decode_transforms(data: bytes, count: int, pnum: int) -> list[Transform]:
     out: list[Transform] = []
-    pos = 0
+    pos, end = 0, len(data)
+    unpack = struct.unpack_from
     last = False
-    while pos < len(data):
+    while pos < end:
         if last:
             raise DecodeError(f"proposal {pnum}: data after the last transform")
-        need(data[pos:], 8, f"proposal {pnum} transform header")
-        more, _r, length, ttype, _r2, tid = struct.unpack_from("!BBHBBH", data, pos)
-        if more not in (0, 3):
+        if pos + 8 > end:
+            raise DecodeError(f"proposal {pnum}: transform header truncated")
+        more, _r, length, ttype, _r2, tid = unpack("!BBHBBH", data, pos)
+        if more != 0 and more != 3:
             raise DecodeError(f"proposal {pnum}: transform 'last substructure' is {more}, must be 0 or 3")
-        if length < 8 or pos + length > len(data):
+        if length < 8 or pos + length > end:
             raise DecodeError(f"proposal {pnum}: transform length {length} does not fit")
         keylen: int | None = None
-        apos = pos + 8
-        while apos < pos + length:
-            if apos + 4 > pos + length:
+        apos, tend = pos + 8, pos + length
+        while apos < tend:
+            if apos + 4 > tend:
                 raise DecodeError(f"proposal {pnum}: transform attribute truncated")
-            atype, aval = struct.unpack_from("!HH", data, apos)
+            atype, aval = unpack("!HH", data, apos)
             if atype & 0x8000:
                 # An unknown attribute makes the transform unusable (§3.3.6): -1 never matches.
                 keylen = aval if atype & 0x7FFF == ATTR_KEY_LENGTH else -1
                 apos += 4
             else:
-                if apos + 4 + aval > pos + length:
+                if apos + 4 + aval > tend:
                     raise DecodeError(f"proposal {pnum}: transform attribute length {aval} does not fit")
                 keylen = -1
                 apos += 4 + aval
         out.append(Transform(ttype, tid, keylen))
         last = more == 0
-        pos += length
+        pos = tend
     if not last and count:
         raise DecodeError(f"proposal {pnum}: last transform is not marked last")
     if len(out) != count:
