@@ -340,3 +340,30 @@ def test_peer_vanishes_dpd_clears_and_daemon_goes_on(hosts: tuple[Host, Host]) -
             assert ia.alive()
         finally:
             ib.stop()
+
+
+def test_peer_restart_initial_contact_replaces_stale_tunnel(hosts: tuple[Host, Host]) -> None:
+    need_engine(2)
+    a, b = hosts
+    with Iked(a) as ia:
+        ib = Iked(b)
+        try:
+            ib.start()
+            up(ia, ib, a, b, 2)
+            assert ib.proc is not None
+            ib.proc.kill()  # crash: no deletes reach a
+            ib.proc.wait(5)
+            ib.stop()
+            ib = Iked(b)
+            ib.put(side_xml(b, a, 2))
+            ib.start()
+            ib.ike("cmd=activate", "phase=2", "numlist=1", "wait")
+            tun = listing(ia)["tunnels"]
+            live = [t for t in tun if t["state"] == "established"]
+            assert [t["role"] for t in live] == ["r"], tun
+            stale = [t for t in tun if t["role"] == "i"]
+            assert not stale or "INITIAL_CONTACT" in (stale[0]["last_error"] or ""), stale
+            ping = a.ping(b.inner4, count=2, src=a.inner4)
+            assert ping.returncode == 0, ia.log(40)
+        finally:
+            ib.stop()

@@ -224,6 +224,7 @@ class TunnelManager:
         self._next_dp = 1
         self._closing = False
         self._stateless_failed: dict[tuple[Address, bytes], bool] = {}
+        self._established_by_peer: dict[tuple[str, str], set[int]] = {}  # (remote ip, remote id) -> P1 numbers
 
     def now(self) -> float:
         return self.loop.time()
@@ -484,6 +485,15 @@ class TunnelManager:
         entry.last_error = None
         slot.p1_by_sa[ev.sa_id] = entry
         slot.remote = ev.remote
+        peer = (ev.remote[0], entry.remote_id)
+        if getattr(ev, "initial_contact", False) and ev.rekey_of is None:
+            # The peer restarted (RFC 7296 §2.4): whatever we still hold with it is stale.
+            for n in list(self._established_by_peer.get(peer, ())):
+                old = self.p1.get(n)
+                if old is not None and old.slot is not None and old.slot is not slot and not old.slot.dead:
+                    log.info("phase 1 tunnel %d: peer %s restarted (INITIAL_CONTACT); dropped", n, ev.remote[0])
+                    self._drop_slot(old.slot, "peer restarted (INITIAL_CONTACT)")
+        self._established_by_peer.setdefault(peer, set()).add(entry.number)
         if ev.phase1 is not None and ev.phase1.number not in self.p1_live_by_def:
             self.p1_live_by_def[ev.phase1.number] = entry
         if slot.half_open_key is not None:
@@ -708,6 +718,11 @@ class TunnelManager:
     def _unlive_p1(self, e: P1Entry) -> None:
         if e.definition is not None and self.p1_live_by_def.get(e.definition.number) is e:
             del self.p1_live_by_def[e.definition.number]
+        peers = self._established_by_peer.get((e.remote[0], e.remote_id))
+        if peers is not None:
+            peers.discard(e.number)
+            if not peers:
+                del self._established_by_peer[(e.remote[0], e.remote_id)]
 
     def _p2_fail(self, e: P2Entry, reason: str, **detail: Any) -> None:
         e.state = "failed"
