@@ -63,7 +63,7 @@ class AggressiveMode(Phase1Exchange):
         self.gxi, self.ni = self.dh.public, _nonce()
         idp = self.id_payload()
         self.idii_b = idp.body()
-        certreq = [] if self.tunnel.policy.auth.value == "psk" else self._certreq()
+        certreq = self.certreq_payloads(self.tunnel.policy.auth)
         self.state = AmState.I_SENT_1
         return self.sa.seal(
             Exchange.AGGRESSIVE,
@@ -71,12 +71,6 @@ class AggressiveMode(Phase1Exchange):
             [sa, KePayload(self.gxi), NoncePayload(self.ni), idp, *certreq, *self.vendor_payloads()],
             encrypt=False,
         )
-
-    def _certreq(self) -> list[object]:
-        from ike.proto.v1.payloads import CertReqPayload
-        from ike.proto.v1.payloads.cert import CERT_X509_SIGNATURE
-
-        return [CertReqPayload(CERT_X509_SIGNATURE)]
 
     def receive(self, dg: Datagram, h: Header, now: float) -> bytes | None:
         step = INBOUND.get((self.role, self.state))

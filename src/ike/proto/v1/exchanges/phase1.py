@@ -398,10 +398,15 @@ class Phase1Exchange:
             )
         self.sa.remote_id = ident
 
-    def certreq_payloads(self) -> list[object]:
-        if auth_from_value(self.sa.auth_method) in (AuthMethod.RSA, AuthMethod.ECDSA):
-            return [CertReqPayload(CERT_X509_SIGNATURE)]
-        return []
+    def certreq_payloads(self, method: AuthMethod | None = None) -> list[object]:
+        """One CERTREQ per trusted CA, naming it by its DER subject (what strongSwan sends and
+        matches its certificates against)."""
+        m = method or auth_from_value(self.sa.auth_method)
+        if m not in (AuthMethod.RSA, AuthMethod.ECDSA) or self.creds is None:
+            return []
+        return [CertReqPayload(CERT_X509_SIGNATURE, ca.subject.public_bytes()) for ca in self.creds.cas[:4]] or [
+            CertReqPayload(CERT_X509_SIGNATURE)
+        ]
 
     def take_certs(self, payloads: Sequence[Decoded]) -> None:
         for d in find(payloads, CertPayload):
