@@ -367,3 +367,53 @@ def test_peer_restart_initial_contact_replaces_stale_tunnel(hosts: tuple[Host, H
             assert ping.returncode == 0, ia.log(40)
         finally:
             ib.stop()
+
+
+SIDE6 = """<?xml version="1.0" encoding="UTF-8"?>
+<AIX_VPN Version="2.0">
+  <IKEProtection IKE_ProtectionName="p1pol" IKE_Version="2" IKE_AuthenticationMethod="Preshared_key">
+    <IKETransform IKE_Encryption="aes-gcm-16" IKE_KeyLength="256" IKE_PRF="hmac-sha2-256" IKE_DHGroup="31"/>
+  </IKEProtection>
+  <IPSecProtection IPSec_ProtectionName="p2pol" IPSec_EncapsulationMode="Tunnel" IPSec_PFSGroup="none">
+    <IPSecESPProtocol ESP_Encryption="chacha20-poly1305" ESP_KeyLength="256"/>
+  </IPSecProtection>
+  <IKETunnel IKE_TunnelName="gw6" IKE_ProtectionRef="p1pol">
+    <IKELocalIdentity><IPV6_Address Value="{my_gw}"/></IKELocalIdentity>
+    <IKERemoteIdentity><IPV6_Address Value="{peer_gw}"/></IKERemoteIdentity>
+  </IKETunnel>
+  <IPSecTunnel IPSec_TunnelName="net6" IKE_TunnelName="gw6" IPSec_ProtectionRef="p2pol">
+    <IPSecLocalIdentity><IPV6_Subnet Value="{my_net}" NetMask="64"/></IPSecLocalIdentity>
+    <IPSecRemoteIdentity><IPV6_Subnet Value="{peer_net}" NetMask="64"/></IPSecRemoteIdentity>
+  </IPSecTunnel>
+  <IKEPresharedKey Value="{psk}">
+    <PK_Identity><IPV6_Address Value="{peer_gw}"/></PK_Identity>
+  </IKEPresharedKey>
+</AIX_VPN>
+"""
+
+
+def side6(me: Host, peer: Host) -> str:
+    assert me.outer6 and peer.outer6 and me.inner_net6 and peer.inner_net6
+    return SIDE6.format(
+        my_gw=me.outer6,
+        peer_gw=peer.outer6,
+        my_net=me.inner_net6.split("/")[0],
+        peer_net=peer.inner_net6.split("/")[0],
+        psk=PSK,
+    )
+
+
+def test_ipv6_outer_and_inner() -> None:
+    require_root()
+    require_tools("ip", "ping")
+    need_engine(2)
+    with two_hosts(v6=True) as (a, b), Iked(a) as ia, Iked(b) as ib:
+        ia.put(side6(a, b))
+        ib.put(side6(b, a))
+        out = ia.ike("cmd=activate", "remid=" + str(b.outer6), "wait").stdout
+        assert "phase 2 tunnel net6 (database tunnel 1): established" in out
+        assert b.inner6 and a.inner6
+        ping = a.run(["ping", "-6", "-n", "-c", "2", "-i", "0.2", "-W", "1", "-I", a.inner6, b.inner6], check=False)
+        assert ping.returncode == 0, ping.stdout + ia.log(30)
+        (t,) = listing(ia)["tunnels"]
+        assert t["remote"] == b.outer6 and t["phase2"][0]["remote_ts"] == [b.inner_net6]
