@@ -6,6 +6,7 @@ CI=true a missing prerequisite is a failure, elsewhere a skip; `harness.require(
 
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 
@@ -20,7 +21,15 @@ __all__ = ["in_ci", "require", "require_root", "require_tools"]
 _FOLDER_MARKERS = {"netns": "netns", "interop": "interop", "bench": "bench"}
 
 
+def _terminate(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def pytest_configure(config: pytest.Config) -> None:
+    # SIGTERM (timeout(1), CI stopping a run) would end Python without running `finally` blocks, leaving
+    # namespaces and daemons behind; as KeyboardInterrupt, pytest tears fixtures and context managers down.
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _terminate)
     for name, text in (
         ("netns", "needs root and network namespaces"),
         ("interop", "runs strongSwan as the peer"),

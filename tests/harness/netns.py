@@ -19,7 +19,9 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import os
+import re
 import secrets
+import shutil
 import signal
 import socket
 import struct
@@ -139,7 +141,38 @@ class Host:
 
 
 def new_ns_name() -> str:
-    return NS_PREFIX + secrets.token_hex(4)
+    # The creating process's pid is in the name so that a later run can tell a namespace whose creator
+    # was killed (SIGKILL leaves no chance to clean up) from one that another live run is using.
+    return f"{NS_PREFIX}{os.getpid()}-{secrets.token_hex(3)}"
+
+
+_STALE = re.compile(rf"^{re.escape(NS_PREFIX)}(\d+)-[0-9a-f]+$")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def reap_stale() -> list[str]:
+    """Delete namespaces (and kill what runs in them) left by test processes that no longer exist,
+    with their charon/iked working directories. Namespaces of live processes are never touched."""
+    reaped = []
+    for name in sorted(existing_namespaces()):
+        m = _STALE.match(name)
+        if m is None or _pid_alive(int(m.group(1))):
+            continue
+        Host(name).kill_all(grace=0)
+        _delete_ns(name)
+        for leftover in Path(tempfile.gettempdir()).glob(f"{name}-*"):
+            shutil.rmtree(leftover, ignore_errors=True)
+        reaped.append(name)
+    return reaped
 
 
 def existing_namespaces() -> set[str]:
@@ -160,6 +193,7 @@ def _delete_ns(name: str) -> None:
 @contextlib.contextmanager
 def two_hosts(v6: bool = False) -> Iterator[tuple[Host, Host]]:
     """Two namespaces joined by veth0, each with lan0 holding its inside addresses (see module doc)."""
+    reap_stale()
     a = Host(new_ns_name(), outer4="198.18.0.1", inner4="198.19.1.1", inner_net4="198.19.1.0/24")
     b = Host(new_ns_name(), outer4="198.18.0.2", inner4="198.19.2.1", inner_net4="198.19.2.0/24")
     if v6:

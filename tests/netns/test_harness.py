@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+
 import pytest
 
 from harness import require_root, require_tools
@@ -48,3 +51,21 @@ def test_cleanup_leaves_no_namespace_and_no_process() -> None:
         raise RuntimeError("boom")
     assert names and not set(names) & existing_namespaces()
     assert sleeper.poll() is not None
+
+
+def test_namespaces_of_dead_runs_are_reaped_and_live_ones_kept() -> None:
+    gone_pid = subprocess.Popen(["true"])  # its pid is free once it has exited
+    gone_pid.wait()
+    stale = f"iketest-{gone_pid.pid}-abc123"
+    live = f"iketest-{os.getpid()}-def456"
+    for name in (stale, live):
+        subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        sleeper = subprocess.Popen(["ip", "netns", "exec", stale, "sleep", "300"])
+        with two_hosts() as (a, b):
+            names = existing_namespaces()
+            assert stale not in names and live in names and {a.name, b.name} <= names
+        sleeper.wait(5)  # killed by the reaper
+    finally:
+        for name in (stale, live):
+            subprocess.run(["ip", "netns", "del", name], check=False, capture_output=True)
