@@ -5,6 +5,7 @@ Each host runs `python -m ike.dataplane.manual` (static SAs from the command lin
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import secrets
@@ -15,10 +16,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import pytest
-from harness import require, require_root, require_tools
-from harness.netns import Host, capture, existing_namespaces, two_hosts
 
 import ike
+from harness import require, require_root, require_tools
+from harness.netns import Host, capture, existing_namespaces, two_hosts
 from ike.proto.transforms import ENCR, INTEG
 
 # The namespace processes must run the same `ike` this test imported (not whatever is installed).
@@ -197,10 +198,9 @@ def _tcp_transfer(a: Host, b: Host, server_ip: str, client_ip: str, size: int = 
         "s.bind((sys.argv[2],0));s.connect((sys.argv[1],5201));s.sendall(sys.stdin.buffer.read());s.close()"
     )
     subprocess.run(
-        a.exec_prefix() + [sys.executable, "-c", cli, server_ip, client_ip], input=data, check=True, timeout=60
+        [*a.exec_prefix(), sys.executable, "-c", cli, server_ip, client_ip], input=data, check=True, timeout=60
     )
     out, _ = p.communicate(timeout=60)
-    import hashlib
 
     assert out.split() == [str(size), hashlib.sha256(data).hexdigest()]
 

@@ -16,10 +16,10 @@ import sys
 import textwrap
 
 import pytest
-from harness import require, require_root, require_tools
-from harness.netns import two_hosts
 
 import ike
+from harness import require, require_root, require_tools
+from harness.netns import two_hosts
 from ike.dataplane.xfrm import (
     XFRM_POLICY_OUT,
     PolicySpec,
@@ -44,7 +44,10 @@ def iproute2_message(args: list[str]) -> bytes:
     """The netlink message `ip xfrm <args>` sends, from strace's hex dump, in a private namespace."""
     proc = subprocess.run(
         ["unshare", "-n", "strace", "-e", "trace=sendmsg", "-e", "write=3,4,5", "ip", "xfrm", *args],
-        capture_output=True, text=True, timeout=30, check=False,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
     )
     data = bytearray()
     for line in proc.stderr.splitlines():
@@ -71,34 +74,132 @@ def same(ours: bytes, theirs: bytes, fixed: int) -> None:
 def test_gcm_udp_sa_equals_iproute2() -> None:
     key = bytes(range(1, 21))
     theirs = iproute2_message(
-        ["state", "add", "src", "198.18.0.1", "dst", "198.18.0.2", "proto", "esp", "spi", "0x1000", "reqid", "7",
-         "mode", "tunnel", "replay-window", "32", "flag", "af-unspec", "aead", "rfc4106(gcm(aes))", "0x" + key.hex(),
-         "128", "encap", "espinudp", "4500", "4501", "0.0.0.0"]
+        [
+            "state",
+            "add",
+            "src",
+            "198.18.0.1",
+            "dst",
+            "198.18.0.2",
+            "proto",
+            "esp",
+            "spi",
+            "0x1000",
+            "reqid",
+            "7",
+            "mode",
+            "tunnel",
+            "replay-window",
+            "32",
+            "flag",
+            "af-unspec",
+            "aead",
+            "rfc4106(gcm(aes))",
+            "0x" + key.hex(),
+            "128",
+            "encap",
+            "espinudp",
+            "4500",
+            "4501",
+            "0.0.0.0",
+        ]
     )
-    sa = SaSpec("198.18.0.1", "198.18.0.2", b"\0\0\x10\0", "aes-gcm-16", 128, key, None, b"", reqid=7,
-                replay_window=32, encap=(4500, 4501))
+    sa = SaSpec(
+        "198.18.0.1",
+        "198.18.0.2",
+        b"\0\0\x10\0",
+        "aes-gcm-16",
+        128,
+        key,
+        None,
+        b"",
+        reqid=7,
+        replay_window=32,
+        encap=(4500, 4501),
+    )
     same(newsa_msg(sa), theirs, 224)
 
 
 def test_cbc_esn_v6_sa_equals_iproute2() -> None:
     ek, ik = bytes(range(32)), bytes(range(100, 132))
     theirs = iproute2_message(
-        ["state", "add", "src", "2001:db8::1", "dst", "2001:db8::2", "proto", "esp", "spi", "0xaabbccdd", "reqid",
-         "9", "mode", "tunnel", "replay-window", "128", "flag", "af-unspec", "flag", "esn", "enc", "cbc(aes)",
-         "0x" + ek.hex(), "auth-trunc", "hmac(sha256)", "0x" + ik.hex(), "128"]
+        [
+            "state",
+            "add",
+            "src",
+            "2001:db8::1",
+            "dst",
+            "2001:db8::2",
+            "proto",
+            "esp",
+            "spi",
+            "0xaabbccdd",
+            "reqid",
+            "9",
+            "mode",
+            "tunnel",
+            "replay-window",
+            "128",
+            "flag",
+            "af-unspec",
+            "flag",
+            "esn",
+            "enc",
+            "cbc(aes)",
+            "0x" + ek.hex(),
+            "auth-trunc",
+            "hmac(sha256)",
+            "0x" + ik.hex(),
+            "128",
+        ]
     )
-    sa = SaSpec("2001:db8::1", "2001:db8::2", bytes.fromhex("aabbccdd"), "aes-cbc", 256, ek, "hmac-sha2-256-128", ik,
-                reqid=9, esn=True, replay_window=128)
+    sa = SaSpec(
+        "2001:db8::1",
+        "2001:db8::2",
+        bytes.fromhex("aabbccdd"),
+        "aes-cbc",
+        256,
+        ek,
+        "hmac-sha2-256-128",
+        ik,
+        reqid=9,
+        esn=True,
+        replay_window=128,
+    )
     same(newsa_msg(sa), theirs, 224)
 
 
 def test_policy_equals_iproute2() -> None:
     theirs = iproute2_message(
-        ["policy", "add", "src", "198.19.1.0/24", "dst", "198.19.2.0/24", "proto", "tcp", "dport", "80", "dir", "out",
-         "priority", "1000", "tmpl", "src", "198.18.0.1", "dst", "198.18.0.2", "proto", "esp", "reqid", "7", "mode",
-         "tunnel"]
+        [
+            "policy",
+            "add",
+            "src",
+            "198.19.1.0/24",
+            "dst",
+            "198.19.2.0/24",
+            "proto",
+            "tcp",
+            "dport",
+            "80",
+            "dir",
+            "out",
+            "priority",
+            "1000",
+            "tmpl",
+            "src",
+            "198.18.0.1",
+            "dst",
+            "198.18.0.2",
+            "proto",
+            "esp",
+            "reqid",
+            "7",
+            "mode",
+            "tunnel",
+        ]
     )
-    (out_sel, _), = policy_selectors(TS.subnet("198.19.1.0/24"), TS.subnet("198.19.2.0/24", protocol=6, port=80))
+    ((out_sel, _),) = policy_selectors(TS.subnet("198.19.1.0/24"), TS.subnet("198.19.2.0/24", protocol=6, port=80))
     ours = newpolicy_msg(PolicySpec(XFRM_POLICY_OUT, out_sel, "198.18.0.1", "198.18.0.2", 7, 1000))
     same(ours, theirs, 168)
 
@@ -130,11 +231,36 @@ SCRIPT = textwrap.dedent(
 
 def test_policies_installed_in_kernel_and_removed() -> None:
     with two_hosts() as (a, _b):
-        args = ["--local", "198.18.0.1", "--remote", "198.18.0.2", "--local-ts", "198.19.1.0/24", "--remote-ts",
-                "198.19.2.0/24", "--local-ts", "2001:db8:1::/64", "--remote-ts", "2001:db8:2::/64",
-                "--spi-in", "1001", "--spi-out", "1002", "--key-in", "00" * 20, "--key-out", "00" * 20]
-        p = a.popen([sys.executable, "-c", SCRIPT, *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                    stderr=subprocess.PIPE, text=True, env=_ENV)
+        args = [
+            "--local",
+            "198.18.0.1",
+            "--remote",
+            "198.18.0.2",
+            "--local-ts",
+            "198.19.1.0/24",
+            "--remote-ts",
+            "198.19.2.0/24",
+            "--local-ts",
+            "2001:db8:1::/64",
+            "--remote-ts",
+            "2001:db8:2::/64",
+            "--spi-in",
+            "1001",
+            "--spi-out",
+            "1002",
+            "--key-in",
+            "00" * 20,
+            "--key-out",
+            "00" * 20,
+        ]
+        p = a.popen(
+            [sys.executable, "-c", SCRIPT, *args],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=_ENV,
+        )
         assert p.stdin and p.stdout
         first = p.stdout.readline()
         if first.strip() != "installed":
@@ -162,6 +288,12 @@ def test_policies_installed_in_kernel_and_removed() -> None:
 def probe_esp_expected() -> bool:
     """Whether this kernel can hold ESP SAs, asked in a private namespace."""
     code = "import json; from ike.dataplane.xfrm import probe_esp; print(json.dumps(probe_esp()[0]))"
-    out = subprocess.run(["unshare", "-n", sys.executable, "-c", code], capture_output=True, text=True,
-                         env={**os.environ, **_ENV}, timeout=30, check=True).stdout
+    out = subprocess.run(
+        ["unshare", "-n", sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **_ENV},
+        timeout=30,
+        check=True,
+    ).stdout
     return out.strip() == "true"

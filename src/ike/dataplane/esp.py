@@ -107,9 +107,7 @@ def esp_overhead(encr: str, integ: str | None, outer_v6: bool, udp_encap: bool) 
     """Worst-case bytes ESP adds to an inner packet (outer IP + UDP + ESP header, IV, padding, ICV)."""
     e = ENCR[encr]
     icv = e.icv_size if e.aead else INTEG[integ].icv_len if integ else 0
-    return (
-        (40 if outer_v6 else 20) + (8 if udp_encap else 0) + 8 + e.iv_size + max(e.block_size, 4) - 1 + 2 + icv
-    )
+    return (40 if outer_v6 else 20) + (8 if udp_encap else 0) + 8 + e.iv_size + max(e.block_size, 4) - 1 + 2 + icv
 
 
 class EspSa:
@@ -185,7 +183,7 @@ class EspSa:
                 try:
                     from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
                 except ImportError:  # older cryptography
-                    TripleDES = algorithms.TripleDES  # type: ignore[attr-defined,misc]  # noqa: N806
+                    TripleDES = algorithms.TripleDES  # type: ignore[attr-defined,misc]
                 self._cbc_alg = TripleDES(key)
             else:
                 raise EspError(f"{encr} is not supported by the userspace ESP transform")
@@ -320,13 +318,12 @@ class EspSa:
         w = self.replay_window or 1
         top = self._top
         tl, th = top & _SEQ32_MAX, top >> 32
-        if tl >= w - 1:
-            hi = th if lo >= tl - w + 1 else th + 1
-        else:
-            hi = th - 1 if lo >= (tl - w + 1) & _SEQ32_MAX else th
-        if hi < 0:
-            hi = 0
-        return (hi << 32) | lo
+        if tl >= w - 1:  # case A: the window lies within one 2^32 epoch
+            if lo < tl - w + 1:
+                th += 1  # ahead of the window: the next epoch
+        elif lo >= (tl - w + 1) & _SEQ32_MAX and th:  # case B: window spans the boundary
+            th -= 1  # a late packet from the previous epoch
+        return (th << 32) | lo
 
     def _replay_check(self, seq: int) -> None:
         if seq == 0:

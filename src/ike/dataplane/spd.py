@@ -50,7 +50,14 @@ def flow_of(pkt: bytes | bytearray | memoryview) -> tuple[int, int, int, int, in
     else:
         return None
     if proto in _PORT_PROTOS and len(pkt) >= off + 4:
-        return v, src, dst, proto, int.from_bytes(pkt[off : off + 2], "big"), int.from_bytes(pkt[off + 2 : off + 4], "big")
+        return (
+            v,
+            src,
+            dst,
+            proto,
+            int.from_bytes(pkt[off : off + 2], "big"),
+            int.from_bytes(pkt[off + 2 : off + 4], "big"),
+        )
     if proto in _ICMP_PROTOS and len(pkt) >= off + 2:
         return v, src, dst, proto, pkt[off], pkt[off + 1]
     return v, src, dst, proto, 0, 0
@@ -149,7 +156,9 @@ class Spd(Generic[T]):
     def __len__(self) -> int:
         return len(self._by_key)
 
-    def add(self, key: int, local_ts: Iterable[TrafficSelector], remote_ts: Iterable[TrafficSelector], value: T) -> None:
+    def add(
+        self, key: int, local_ts: Iterable[TrafficSelector], remote_ts: Iterable[TrafficSelector], value: T
+    ) -> None:
         if key in self._by_key:
             self.remove(key)
         local = tuple(_Sel.of(t) for t in local_ts)

@@ -180,7 +180,13 @@ class UserspaceDataPlane:
         for sock, on_ike in self._pending_udp:
             self._register_udp(sock, on_ike)
         self._pending_udp.clear()
-        log.info("userspace ESP data plane on %s (mtu %d, table %d, mark %#x)", self.tun_name, self.mtu, self.table, self.mark)
+        log.info(
+            "userspace ESP data plane on %s (mtu %d, table %d, mark %#x)",
+            self.tun_name,
+            self.mtu,
+            self.table,
+            self.mark,
+        )
 
     async def close(self) -> None:
         for cid in list(self._children):
@@ -358,7 +364,7 @@ class UserspaceDataPlane:
                     for lts in child.local_ts
                     if lts.version == ts.version
                     for a in locals_
-                    if a.version == ts.version and lts.start <= a <= lts.end
+                    if a.version == ts.version and int(lts.start) <= int(a) <= int(lts.end)
                 ),
                 None,
             )
@@ -366,7 +372,16 @@ class UserspaceDataPlane:
                 prefix = f"{ipaddress.ip_address(net)}/{plen}"
                 key = (ts.version, prefix)
                 if self._route_refs.get(key, 0) == 0:
-                    args = [f"-{ts.version}", "route", "replace", prefix, "dev", self.tun_name, "table", str(self.table)]
+                    args = [
+                        f"-{ts.version}",
+                        "route",
+                        "replace",
+                        prefix,
+                        "dev",
+                        self.tun_name,
+                        "table",
+                        str(self.table),
+                    ]
                     if src:
                         args += ["src", src]
                     _ip(*args)
@@ -509,7 +524,9 @@ class UserspaceDataPlane:
             return
         if not inner or (inner[0] >> 4) != (4 if nh == NH_IPV4 else 6 if nh == NH_IPV6 else 0):
             inn.dropped += 1
-            self._rate_log("child SA %d: dropped inbound ESP with next header %d (tunnel mode carries IP)", inn.child_id, nh)
+            self._rate_log(
+                "child SA %d: dropped inbound ESP with next header %d (tunnel mode carries IP)", inn.child_id, nh
+            )
             return
         if not inn.selectors.allows(inner):
             inn.dropped += 1

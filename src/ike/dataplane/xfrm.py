@@ -474,9 +474,13 @@ class XfrmDataPlane:
         self.esp_from_daemon += 1
 
     def bypass_socket(self, sock: socket.socket) -> None:
-        level, opt = (socket.IPPROTO_IPV6, IPV6_XFRM_POLICY) if sock.family == socket.AF_INET6 else (
-            socket.IPPROTO_IP,
-            IP_XFRM_POLICY,
+        level, opt = (
+            (socket.IPPROTO_IPV6, IPV6_XFRM_POLICY)
+            if sock.family == socket.AF_INET6
+            else (
+                socket.IPPROTO_IP,
+                IP_XFRM_POLICY,
+            )
         )
         for direction in (XFRM_POLICY_IN, XFRM_POLICY_OUT):
             pol = _USERPOLICY_INFO.pack(
@@ -617,7 +621,9 @@ class XfrmDataPlane:
         c = ChildCounters()
         for i, (src, dst, spi) in enumerate(rec.sas):
             try:
-                replies = self._sock().request(lambda seq, a=src, b=dst, s=spi: getsa_msg(a, b, s, seq), "reading an SA")
+                replies = self._sock().request(
+                    lambda seq, a=src, b=dst, s=spi: getsa_msg(a, b, s, seq), "reading an SA"
+                )
             except DataPlaneError:
                 continue
             for kind, body in replies:

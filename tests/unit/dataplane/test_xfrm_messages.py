@@ -44,8 +44,22 @@ def split(msg: bytes) -> tuple[int, int, bytes]:
 
 def test_gcm_sa_with_udp_encap_parses_back() -> None:
     key = bytes(range(20))
-    sa = SaSpec(A, B, b"\x00\x00\x10\x00", "aes-gcm-16", 128, key, None, b"", reqid=7, encap=(4500, 4501),
-                soft_bytes=900, hard_bytes=1000, soft_s=50, hard_s=60)
+    sa = SaSpec(
+        A,
+        B,
+        b"\x00\x00\x10\x00",
+        "aes-gcm-16",
+        128,
+        key,
+        None,
+        b"",
+        reqid=7,
+        encap=(4500, 4501),
+        soft_bytes=900,
+        hard_bytes=1000,
+        soft_s=50,
+        hard_s=60,
+    )
     kind, flags, body = split(newsa_msg(sa, seq=3))
     assert kind == XFRM_MSG_NEWSA and flags & NLM_F_ACK
     info, attrs = body[:224], parse_attrs(body[224:])
@@ -63,8 +77,19 @@ def test_gcm_sa_with_udp_encap_parses_back() -> None:
 
 
 def test_cbc_sa_with_esn_parses_back() -> None:
-    sa = SaSpec("2001:db8::1", "2001:db8::2", b"\xaa\xbb\xcc\xdd", "aes-cbc", 256, bytes(32), "hmac-sha2-256-128",
-                bytes(range(32)), reqid=9, esn=True, replay_window=128)
+    sa = SaSpec(
+        "2001:db8::1",
+        "2001:db8::2",
+        b"\xaa\xbb\xcc\xdd",
+        "aes-cbc",
+        256,
+        bytes(32),
+        "hmac-sha2-256-128",
+        bytes(range(32)),
+        reqid=9,
+        esn=True,
+        replay_window=128,
+    )
     _, _, body = split(newsa_msg(sa))
     info, attrs = body[:224], parse_attrs(body[224:])
     assert struct.unpack_from("=H", info, 212)[0] == socket.AF_INET6
@@ -78,7 +103,7 @@ def test_cbc_sa_with_esn_parses_back() -> None:
 
 
 def test_policy_message_parses_back() -> None:
-    (out_sel, in_sel), = policy_selectors(TS.subnet("198.19.1.0/24"), TS.subnet("198.19.2.0/24"))
+    ((out_sel, in_sel),) = policy_selectors(TS.subnet("198.19.1.0/24"), TS.subnet("198.19.2.0/24"))
     kind, _, body = split(newpolicy_msg(PolicySpec(XFRM_POLICY_OUT, out_sel, A, B, 7, 1000)))
     assert kind == XFRM_MSG_NEWPOLICY
     sel = body[:56]
@@ -118,8 +143,24 @@ def test_range_selector_becomes_cidr_blocks_and_three_directions() -> None:
     from ike.dataplane.manual import build_child, parser
 
     a = parser().parse_args(
-        ["--local", A, "--remote", B, "--local-ts", "198.19.1.0/24", "--remote-ts", "198.19.2.1-198.19.2.6",
-         "--spi-in", "1001", "--spi-out", "1002", "--key-in", "00" * 20, "--key-out", "00" * 20]
+        [
+            "--local",
+            A,
+            "--remote",
+            B,
+            "--local-ts",
+            "198.19.1.0/24",
+            "--remote-ts",
+            "198.19.2.1-198.19.2.6",
+            "--spi-in",
+            "1001",
+            "--spi-out",
+            "1002",
+            "--key-in",
+            "00" * 20,
+            "--key-out",
+            "00" * 20,
+        ]
     )
     specs = dp.policy_specs(build_child(a), reqid=1)
     # 198.19.2.1-6 = .1/32 .2/31 .4/31 .6/32: 4 blocks x (out, in, fwd)
