@@ -1,9 +1,11 @@
 """Phase 1 authentication (RFC 2409 §5.1-5.4, RFC 4754): what HASH_I/HASH_R are, how they are
 proven (a HASH payload for pre-shared keys, a SIG payload for RSA/ECDSA) and checked.
 
-RSA signs HASH_I itself with PKCS#1 v1.5 and no DigestInfo (as RFC 2409 implementations do); ECDSA
-(methods 9/10/11) signs it with SHA-256/384/512 and carries r||s. Certificates, chains and
-identity-in-certificate checks are the shared `ike.proto.certs`.
+RSA signs HASH_I itself with PKCS#1 v1.5 and no DigestInfo (as RFC 2409 implementations do). ECDSA
+(methods 9/10/11) also signs HASH_I itself: HASH_I, the output of the negotiated hash, is the
+digest ECDSA signs (RFC 4754 expects that hash to be the curve's: SHA-256 for P-256 ...), and the
+signature is r||s. strongSwan does exactly this (its "ECDSA_WITH_NULL" scheme for IKEv1).
+Certificates, chains and identity-in-certificate checks are the shared `ike.proto.certs`.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
-from cryptography.hazmat.primitives.asymmetric.utils import NoDigestInfo
+from cryptography.hazmat.primitives.asymmetric.utils import NoDigestInfo, Prehashed
 
 from ike.policy import AuthMethod, Identity, Phase1Tunnel
 from ike.proto.crypto import hash_algorithm, prf
@@ -33,6 +35,15 @@ def hash_i(prf_name: str, skeyid: bytes, gxi: bytes, gxr: bytes, cky_i: bytes, c
 def hash_r(prf_name: str, skeyid: bytes, gxi: bytes, gxr: bytes, cky_i: bytes, cky_r: bytes, sai_b: bytes,
            idir_b: bytes) -> bytes:  # fmt: skip
     return prf(prf_name, skeyid, gxr + gxi + cky_r + cky_i + sai_b + idir_b)
+
+
+def _prehashed(digest: bytes) -> Prehashed:
+    """HASH_I is already a digest: have ECDSA sign it as one (by its length)."""
+    for name in ("sha1", "sha256", "sha384", "sha512", "md5"):
+        alg = hash_algorithm(name)
+        if alg.digest_size == len(digest):
+            return Prehashed(alg)
+    raise AuthFailure(f"a {len(digest)}-byte HASH cannot be signed with ECDSA")
 
 
 def _ecdsa_method(key: ec.EllipticCurvePrivateKey | ec.EllipticCurvePublicKey) -> int:
@@ -97,7 +108,7 @@ class LocalCredentials:
         if isinstance(self.key, ec.EllipticCurvePrivateKey):
             from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
-            der = self.key.sign(data, ec.ECDSA(hash_algorithm(AUTH_ECDSA.get(method, "sha256"))))
+            der = self.key.sign(data, ec.ECDSA(_prehashed(data)))
             r, s = decode_dss_signature(der)
             n = (self.key.curve.key_size + 7) // 8
             return r.to_bytes(n, "big") + s.to_bytes(n, "big")
@@ -143,7 +154,7 @@ def verify_signature(cert: x509.Certificate, method: int, signature: bytes, data
             if len(signature) != 2 * n:
                 raise AuthFailure(f"ECDSA signature is {len(signature)} bytes, expected {2 * n}")
             der = encode_dss_signature(int.from_bytes(signature[:n], "big"), int.from_bytes(signature[n:], "big"))
-            pub.verify(der, data, ec.ECDSA(hash_algorithm(AUTH_ECDSA[method])))
+            pub.verify(der, data, ec.ECDSA(_prehashed(data)))
             return
     except InvalidSignature:
         raise AuthFailure("the peer's signature does not verify") from None
