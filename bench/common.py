@@ -155,13 +155,15 @@ class P2:
     p1: str
     local_net: str  # a.b.c.d/len or a host address
     remote_net: str
+    port: int = 0  # > 0: TCP to/from this port only (many tunnels between the same two subnets)
 
 
-def _ident(tag: str, ts: str) -> str:
+def _ident(tag: str, ts: str, port: int = 0) -> str:
+    extra = f' Protocol="tcp" Port="{port}"' if port else ""
     if "/" in ts:
         net, plen = ts.split("/")
-        return f'<{tag}><IPV4_Subnet Value="{net}" NetMask="{plen}"/></{tag}>'
-    return f'<{tag}><IPV4_Address Value="{ts}"/></{tag}>'
+        return f'<{tag}><IPV4_Subnet Value="{net}" NetMask="{plen}"{extra}/></{tag}>'
+    return f'<{tag}><IPV4_Address Value="{ts}"{extra}/></{tag}>'
 
 
 def iked_xml(p1s: Iterable[P1], p2s: Iterable[P2], psk: str = PSK, esp_keylen: int = 128) -> str:
@@ -198,8 +200,8 @@ def iked_xml(p1s: Iterable[P1], p2s: Iterable[P2], psk: str = PSK, esp_keylen: i
     for q in p2s:
         out.append(
             f'<IPSecTunnel IPSec_TunnelName="{q.name}" IKE_TunnelName="{q.p1}" IPSec_ProtectionRef="p2">'
-            + _ident("IPSecLocalIdentity", q.local_net)
-            + _ident("IPSecRemoteIdentity", q.remote_net)
+            + _ident("IPSecLocalIdentity", q.local_net, q.port)
+            + _ident("IPSecRemoteIdentity", q.remote_net, q.port)
             + "</IPSecTunnel>"
         )
     for peer in sorted(peers):

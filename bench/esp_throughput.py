@@ -179,6 +179,7 @@ def main() -> int:
     swan_mbit: list[float] = []
     manual_mbit: list[float] = []
     with two_hosts() as (a, b):
+        log(f"  namespaces: {a.name} {b.name}")
         veth = iperf(a, b, b.outer4, a.outer4, seconds)
         log(f"  plain veth (ceiling)              {veth:9.1f} Mbit/s")
         for r in range(rounds):

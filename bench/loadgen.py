@@ -105,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--count", type=int, default=0, help="stop after this many completed (0: run --seconds)")
     p.add_argument("--inflight", type=int, default=32)
     p.add_argument("--no-wait", action="store_true", help="start at once instead of waiting for a stdin line")
+    p.add_argument("--warmup", type=int, default=1, help="complete this many, one at a time, before 'ready'")
     a = p.parse_args(argv)
 
     mod: Any = importlib.import_module(f"ike.proto.v{a.version}")
@@ -124,10 +125,6 @@ def main(argv: list[str] | None = None) -> int:
         s.setblocking(False)
         socks[port] = s
         sel.register(s, selectors.EVENT_READ, port)
-    print("ready", flush=True)
-    if not a.no_wait:
-        sys.stdin.readline()
-
     engines: dict[bytes, Any] = {}  # our SPI -> engine
     live: set[Any] = set()
     timers: list[tuple[float, int, Any]] = []
@@ -172,48 +169,66 @@ def main(argv: list[str] | None = None) -> int:
         live.add(eng)
         flush(eng, now)
 
+    def run(count: int, seconds: float, inflight: int) -> None:
+        t0 = time.monotonic()
+        deadline = t0 + seconds
+        for _ in range(inflight):
+            start(t0)
+        while True:
+            now = time.monotonic()
+            if (count and completed >= count) or (not count and now >= deadline):
+                break
+            if count and now >= t0 + seconds:
+                break  # a count that never comes: give up rather than hang
+            while timers and timers[0][0] <= now:
+                _, _, eng = heapq.heappop(timers)
+                if eng in live and (t := eng.get_timer()) is not None and t <= now:
+                    eng.handle_timer(now)
+                    flush(eng, now)
+            timeout = min(0.05, max(0.0, timers[0][0] - now)) if timers else 0.05
+            for key, _ in sel.select(timeout):
+                port = key.data
+                s = socks[port]
+                for _ in range(64):
+                    try:
+                        data, addr = s.recvfrom(65535)
+                    except BlockingIOError:
+                        break
+                    if port == 4500:
+                        if not data.startswith(MARKER):
+                            continue  # ESP or a keepalive: not ours to count
+                        data = data[4:]
+                    d = demux(data)
+                    if d is None:
+                        continue
+                    # IKEv1's header cannot say which cookie is ours (see ike.proto.v1.engine): try both.
+                    eng = engines.get(d.our_spi or b"") or engines.get(d.peer_spi)
+                    if eng is None or eng not in live:
+                        continue
+                    now = time.monotonic()
+                    eng.receive_datagram(Datagram(data, (a.local, port), (addr[0], addr[1])), now)
+                    flush(eng, now)
+            now = time.monotonic()
+            while len(live) < inflight and (not count or completed + len(live) < count):
+                start(now)
+
+    if a.warmup:
+        # The responder's first negotiation pays for lazy imports and loading definitions.
+        run(a.warmup, 30.0, 1)
+        if completed < a.warmup:
+            print(f"warm-up failed: {completed} of {a.warmup} completed; {reasons.most_common(3)}", flush=True)
+            return 1
+        live.clear()
+        engines.clear()
+        timers.clear()
+        completed = failed = 0
+        reasons.clear()
+    print("ready", flush=True)
+    if not a.no_wait:
+        sys.stdin.readline()
     cpu0 = resource.getrusage(resource.RUSAGE_SELF)
     t0 = time.monotonic()
-    deadline = t0 + a.seconds
-    for _ in range(a.inflight):
-        start(t0)
-    while True:
-        now = time.monotonic()
-        if (a.count and completed >= a.count) or (not a.count and now >= deadline):
-            break
-        if a.count and now >= t0 + a.seconds * 10:
-            break  # a count that never comes: give up rather than hang
-        while timers and timers[0][0] <= now:
-            _, _, eng = heapq.heappop(timers)
-            if eng in live and (t := eng.get_timer()) is not None and t <= now:
-                eng.handle_timer(now)
-                flush(eng, now)
-        timeout = min(0.05, max(0.0, timers[0][0] - now)) if timers else 0.05
-        for key, _ in sel.select(timeout):
-            port = key.data
-            s = socks[port]
-            for _ in range(64):
-                try:
-                    data, addr = s.recvfrom(65535)
-                except BlockingIOError:
-                    break
-                if port == 4500:
-                    if not data.startswith(MARKER):
-                        continue  # ESP or a keepalive: not ours to count
-                    data = data[4:]
-                d = demux(data)
-                if d is None:
-                    continue
-                # IKEv1's header cannot say which cookie is ours (see ike.proto.v1.engine): try both.
-                eng = engines.get(d.our_spi or b"") or engines.get(d.peer_spi)
-                if eng is None or eng not in live:
-                    continue
-                now = time.monotonic()
-                eng.receive_datagram(Datagram(data, (a.local, port), (addr[0], addr[1])), now)
-                flush(eng, now)
-        now = time.monotonic()
-        while len(live) < a.inflight and (not a.count or completed + len(live) < a.count):
-            start(now)
+    run(a.count, a.seconds * 10 if a.count else a.seconds, a.inflight)
     wall = time.monotonic() - t0
     cpu1 = resource.getrusage(resource.RUSAGE_SELF)
     cpu = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)

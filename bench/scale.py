@@ -1,0 +1,211 @@
+"""scale: many phase 2 tunnels (child SAs) under one IKEv2 phase 1 between two namespaces.
+
+- definitions: `ikedb put` of N+1 phase 2 tunnels against `swanctl --load-all` of the same
+  children;
+- for each count: time to establish all of them (`ike cmd=activate phase=2 numlist=1-N wait`
+  between two iked with the none data plane, against vici `initiate` of every child between two
+  charons), the initiating daemon's memory per established tunnel (growth of its RSS divided by
+  N), `ike cmd=list` and `ike cmd=list db` against `swanctl --list-sas` and `swanctl --list-conns`,
+  and one more tunnel's activate latency while N are up.
+
+The tunnels all join 198.19.1.0/24 and 198.19.2.0/24, each for its own TCP port, so that the
+selectors differ while charon's kernel-libipsec still finds a local address for its route.
+charon's figures include kernel-libipsec's userspace SAs (it has no "none" data plane).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import (
+    P1,
+    P2,
+    PSK,
+    engine_available,
+    find_process,
+    iked_xml,
+    log,
+    not_measured,
+    parser,
+    prerequisites,
+    result,
+    rss_kib,
+)
+
+NAME = "scale"
+BASE_PORT = 1000
+
+
+def _t(fn: Any) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+class Figures(dict[str, float]):
+    pass
+
+
+def iked_side(a: Any, b: Any, n: int, work: Path) -> Figures:
+    from harness.iked import Iked
+
+    f = Figures()
+    xa, xb = work / f"a-{n}.xml", work / f"b-{n}.xml"
+    p2a = [P2(f"t{i}", "gw", a.inner_net4, b.inner_net4, BASE_PORT + i) for i in range(n + 1)]
+    p2b = [P2(f"t{i}", "gw", b.inner_net4, a.inner_net4, BASE_PORT + i) for i in range(n + 1)]
+    xa.write_text(iked_xml([P1("gw", a.outer4, b.outer4)], p2a))
+    xb.write_text(iked_xml([P1("gw", b.outer4, a.outer4)], p2b))
+    ia, ib = Iked(a, dataplane="none", log_level="errors"), Iked(b, dataplane="none", log_level="errors")
+    try:
+        f["define"] = _t(lambda: ia.put(xa))
+        ib.put(xb)
+        ia.start()
+        ib.start()
+        ia.ike("cmd=list")
+        assert ia.proc is not None
+        pid = find_process(ia.proc.pid, "python")
+        rss0 = rss_kib(pid)
+        t0 = time.perf_counter()
+        r = ia.ike("cmd=activate", "phase=2", f"numlist=1-{n}", "wait", check=False, timeout=3600)
+        up = established(ia)
+        while up < n:
+            if not ia.alive() or time.perf_counter() - t0 > 3600:
+                raise RuntimeError(f"iked: {up} of {n} established ({r.stdout[-300:]} {r.stderr[-300:]})")
+            time.sleep(1.0)
+            up = established(ia)
+        f["establish"] = time.perf_counter() - t0
+        f["kib_per_tunnel"] = (rss_kib(pid) - rss0) / n
+        f["list"] = _t(lambda: ia.ike("cmd=list"))
+        f["list_db"] = _t(lambda: ia.ike("cmd=list", "db"))
+        f["one_more"] = _t(lambda: ia.ike("cmd=activate", "phase=2", f"numlist={n + 1}", "wait"))
+        if established(ia) != n + 1:
+            raise RuntimeError("iked: the extra tunnel did not come up")
+    finally:
+        ia.stop()
+        ib.stop()
+    return f
+
+
+def established(d: Any) -> int:
+    out = json.loads(d.ike("cmd=list", "phase=2", "format=json", timeout=600).stdout)
+    return sum(1 for t in out["tunnels"] if t.get("state") == "established")
+
+
+def charon_side(a: Any, b: Any, n: int) -> Figures:
+    from harness.strongswan import Charon, Child, Conn
+
+    f = Figures()
+    with Charon(a) as ca, Charon(b) as cb:
+        for c, me, peer in ((cb, b, a), (ca, a, b)):
+            children = [
+                Child(f"t{i}", [f"{me.inner_net4}[tcp/{BASE_PORT + i}]"], [f"{peer.inner_net4}[tcp/{BASE_PORT + i}]"])
+                for i in range(n + 1)
+            ]
+            for ch in children:
+                ch.esp_proposals = ["aes128gcm16"]
+            conn = Conn(
+                name="gw",
+                local_addrs=[me.outer4],
+                remote_addrs=[peer.outer4],
+                proposals=["aes128gcm16-prfsha256-x25519"],
+                psk=PSK,
+                children=children,
+            )
+            f["define"] = _t(lambda c=c, conn=conn: c.load(conn))
+        assert ca.proc is not None
+        pid = find_process(ca.proc.pid, "charon")
+        rss0 = rss_kib(pid)
+        up = [0]
+        ready, done = threading.Event(), threading.Event()
+
+        def listen() -> None:
+            with ca.session() as s:
+                events = s.listen(["child-updown"])
+                ready.set()
+                try:
+                    for _label, ev in events:
+                        if ev.get("up") in (b"yes", "yes"):
+                            up[0] += 1
+                            if up[0] >= n:
+                                done.set()
+                                return
+                finally:
+                    with contextlib.suppress(Exception):
+                        events.close()  # unregister while the socket is still open
+
+        threading.Thread(target=listen, daemon=True).start()
+        ready.wait(10)
+        time.sleep(0.2)  # the registration reaches charon before the first child comes up
+        t0 = time.perf_counter()
+        with ca.session() as s:
+            for i in range(n):
+                for _ in s.initiate({"child": f"t{i}", "ike": "gw", "timeout": "-1", "init-limits": "no"}):
+                    pass
+        if not done.wait(3600):
+            raise RuntimeError(f"charon: {up[0]} of {n} children up")
+        f["establish"] = time.perf_counter() - t0
+        f["kib_per_tunnel"] = (rss_kib(pid) - rss0) / n
+        f["list"] = _t(lambda: ca.swanctl("--list-sas", timeout=600))
+        f["list_db"] = _t(lambda: ca.swanctl("--list-conns", timeout=600))
+        f["one_more"] = _t(lambda: ca.swanctl("--initiate", "--child", f"t{n}", "--ike", "gw"))
+    return f
+
+
+def table(label: str, ours: float, theirs: float, unit: str) -> None:
+    log(f"    {label:41s} {ours:9.3f} {unit:3s} {theirs:9.3f} {unit}")
+
+
+def main() -> int:
+    p = parser(__doc__)
+    p.add_argument("--counts", default=None, help="comma-separated tunnel counts (default 1000,10000; tiny 8)")
+    a_ = p.parse_args()
+    counts = [int(x) for x in (a_.counts or ("8" if a_.tiny else "1000,10000")).split(",")]
+    why = prerequisites("ip")
+    if why:
+        not_measured(NAME, why, a_.tiny)
+    ok, why = engine_available(2)
+    if not ok:
+        not_measured(NAME, why, a_.tiny)
+    import tempfile
+
+    from harness.netns import two_hosts
+
+    log(f"{NAME}: IKEv2, one IKE SA, {' and '.join(map(str, counts))} child SAs (iked: none data plane)")
+    rows: list[tuple[int, Figures, Figures]] = []
+    with tempfile.TemporaryDirectory(prefix="ike-bench-scale-") as tmp, two_hosts() as (a, b):
+        log(f"  namespaces: {a.name} {b.name}")
+        for n in counts:
+            fi = iked_side(a, b, n, Path(tmp))
+            fs = charon_side(a, b, n)
+            rows.append((n, fi, fs))
+            log(f"  {n} tunnels{'':34s}iked       charon")
+            table(f"define {n + 1} (ikedb put | swanctl --load-all)", fi["define"], fs["define"], "s")
+            table("establish all", fi["establish"], fs["establish"], "s")
+            table("daemon memory per tunnel", fi["kib_per_tunnel"], fs["kib_per_tunnel"], "KiB")
+            table("ike cmd=list | swanctl --list-sas", fi["list"], fs["list"], "s")
+            table("ike cmd=list db | swanctl --list-conns", fi["list_db"], fs["list_db"], "s")
+            table("one more activate ... wait", fi["one_more"], fs["one_more"], "s")
+    n, fi, fs = rows[-1]
+    result(f"{NAME}/define-{n + 1}", fi["define"], fs["define"], "s", higher_is_better=False, digits=2)
+    for m, gi, gs in rows:
+        result(f"{NAME}/establish-{m}", gi["establish"], gs["establish"], "s", higher_is_better=False, digits=2)
+    result(f"{NAME}/list-{n}", fi["list"], fs["list"], "s", higher_is_better=False, digits=3)
+    result(f"{NAME}/list-db-{n}", fi["list_db"], fs["list_db"], "s", higher_is_better=False, digits=3)
+    result(f"{NAME}/activate-one-more-{n}", fi["one_more"], fs["one_more"], "s", higher_is_better=False, digits=3)
+    fi_mem, fs_mem = max(fi["kib_per_tunnel"], 0.01), max(fs["kib_per_tunnel"], 0.01)
+    if fi["list"] >= 1.0:
+        log(f"  target missed: listing {n} tunnels took {fi['list']:.2f} s (target < 1 s)")
+    result(NAME, fi_mem, fs_mem, "KiB/tunnel", higher_is_better=False, digits=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
