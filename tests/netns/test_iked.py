@@ -417,3 +417,32 @@ def test_ipv6_outer_and_inner() -> None:
         assert ping.returncode == 0, ping.stdout + ia.log(30)
         (t,) = listing(ia)["tunnels"]
         assert t["remote"] == b.outer6 and t["phase2"][0]["remote_ts"] == [b.inner_net6]
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_rekeys_keep_tunnel_numbers_and_traffic(hosts: tuple[Host, Host], version: int) -> None:
+    need_engine(version)
+    a, b = hosts
+    with Iked(a) as ia, Iked(b) as ib:
+        up(ia, ib, a, b, version, p1life=12, p2life=5)
+        (t,) = listing(ia)["tunnels"]
+        spi_before = t["phase2"][0]["spi_in"]
+        deadline = time.monotonic() + 25
+        rekeyed = False
+        while time.monotonic() < deadline and not rekeyed:
+            time.sleep(0.5)
+            tun = listing(ia)["tunnels"]
+            live = [x for x in tun if x["state"] == "established"]
+            rekeyed = (
+                len(live) == 1
+                and live[0]["tunnel"] == 1
+                and live[0]["rekeys"] >= 1
+                and live[0]["phase2"][0]["tunnel"] == 1
+                and live[0]["phase2"][0]["rekeys"] >= 1
+            )
+        assert rekeyed, json.dumps(listing(ia), indent=1) + ia.log(60)
+        child = listing(ia)["tunnels"][0]["phase2"][0]
+        assert child["spi_in"] != spi_before and child["state"] == "established", ia.log(60)
+        ping = a.ping(b.inner4, count=3, src=a.inner4)
+        assert ping.returncode == 0, ia.log(40)
+        assert ia.alive() and ib.alive()

@@ -127,9 +127,13 @@ class P2Entry:
     p1: P1Entry | None
     state: str = "negotiating"
     slot: Slot | None = None
-    child_id: int | None = None
+    child_id: int | None = None  # the newest SA's (what list shows and what gets rekeyed)
     dp_id: int | None = None
-    retiring: dict[int, int | None] = field(default_factory=dict)  # old child_id -> its dp id
+    # Every live SA of this tunnel, oldest first: during a rekey (or after a simultaneous one)
+    # old and new overlap. child_id -> data plane id.
+    sas: dict[int, int | None] = field(default_factory=dict)
+    shown: dict[int, ChildSaEstablished] = field(default_factory=dict)  # child_id -> its event
+    totals: dict[str, int] = field(default_factory=dict)  # counters of SAs already gone
     protocol: str = ""
     mode: str = ""
     proposal: str = ""
@@ -217,7 +221,7 @@ class TunnelManager:
         self.p2: dict[int, P2Entry] = {}
         self.p1_live_by_def: dict[int, P1Entry] = {}
         self.p2_live_by_def: dict[int, P2Entry] = {}
-        self.p2_by_dp: dict[int, P2Entry] = {}
+        self.p2_by_dp: dict[int, tuple[P2Entry, int]] = {}  # data plane id -> (tunnel, child_id)
         self._next_slot = 1
         self._next_p1 = 1
         self._next_p2 = 1
@@ -538,8 +542,6 @@ class TunnelManager:
             for p2e in {id(x): x for x in [*entry.children.values(), *slot.p2_by_child.values()]}.values():
                 if p2e.live and p2e.slot is slot:
                     p2e.removing = p2e.removing or entry.removing
-                    if p2e.child_id is not None:
-                        slot.p2_by_child.pop(p2e.child_id, None)
                     self._p2_gone(p2e, f"its IKE SA ended ({reason})")
         else:
             # IKEv1 / AIX: phase 2 SAs run on until they expire, and are not refreshed.
@@ -562,12 +564,15 @@ class TunnelManager:
             self.activate([target], None)
 
     def _on_child_up(self, slot: Slot, ev: ChildSaEstablished) -> None:
-        now = self.now()
         entry: P2Entry | None = None
         if ev.rekey_of is not None:
             entry = slot.p2_by_child.get(ev.rekey_of)
+            if entry is None:
+                # The SA it replaces is already gone (e.g. the other half of a simultaneous rekey):
+                # it still belongs to the same tunnel.
+                live = self.p2_live_by_def.get(ev.phase2.number)
+                entry = live if live is not None and live.slot is slot else None
             if entry is not None:
-                entry.retiring[ev.rekey_of] = entry.dp_id
                 entry.rekeys += 1
         if entry is None:
             pending = slot.p2_pending.get(ev.phase2.number)
@@ -582,24 +587,13 @@ class TunnelManager:
             entry.p1 = p1e
             p1e.children[entry.number] = entry
         entry.slot = slot
-        entry.child_id = ev.child_id
         entry.definition = ev.phase2
         entry.state = "established"
-        entry.protocol, entry.mode = ev.protocol, ev.mode
-        entry.proposal = str(ev.proposal)
-        entry.pfs_group = ev.pfs_group
-        entry.spi_in, entry.spi_out = ev.inbound.spi.hex(), ev.outbound.spi.hex()
-        entry.local_ts = tuple(str(t) for t in ev.local_ts)
-        entry.remote_ts = tuple(str(t) for t in ev.remote_ts)
-        entry.local, entry.remote = ev.local, ev.remote
-        entry.udp_encap = ev.udp_encap
-        entry.lifetime_s, entry.lifetime_kb = ev.lifetime_s, ev.lifetime_kb
-        entry.established_at, entry.established_wall = now, time.time()
         entry.last_error = None
         slot.p2_by_child[ev.child_id] = entry
         if ev.phase2.number not in self.p2_live_by_def:
             self.p2_live_by_def[ev.phase2.number] = entry
-        entry.dp_id = None
+        dp_id: int | None = None
         if self.dataplane is not None:
             dp_id = self._next_dp
             self._next_dp += 1
@@ -608,10 +602,13 @@ class TunnelManager:
             except Exception as e:
                 log.error("phase 2 tunnel %d: the data plane refused the SA: %s", entry.number, e)
                 entry.last_error = f"data plane refused the SA: {e}"
+                dp_id = None
                 self._call_nopump(slot, lambda eng: eng.delete_child(ev.child_id, self.now()))
             else:
-                entry.dp_id = dp_id
-                self.p2_by_dp[dp_id] = entry
+                self.p2_by_dp[dp_id] = (entry, ev.child_id)
+        entry.sas[ev.child_id] = dp_id
+        entry.shown[ev.child_id] = ev
+        self._show(entry, ev.child_id, self.now(), time.time())
         _resolve(entry.waiters)
         log.info(
             "phase 2 tunnel %d %s: %s %s %s <-> %s, SPIs in %s out %s, %s%s",
@@ -627,15 +624,42 @@ class TunnelManager:
             ", UDP-encapsulated" if ev.udp_encap else "",
         )
 
+    def _show(self, entry: P2Entry, child_id: int, at: float | None, wall: float | None) -> None:
+        """Make `child_id` the SA that the tunnel's listing shows and that gets rekeyed."""
+        ev = entry.shown[child_id]
+        entry.child_id, entry.dp_id = child_id, entry.sas.get(child_id)
+        entry.protocol, entry.mode = ev.protocol, ev.mode
+        entry.proposal = str(ev.proposal)
+        entry.pfs_group = ev.pfs_group
+        entry.spi_in, entry.spi_out = ev.inbound.spi.hex(), ev.outbound.spi.hex()
+        entry.local_ts = tuple(str(t) for t in ev.local_ts)
+        entry.remote_ts = tuple(str(t) for t in ev.remote_ts)
+        entry.local, entry.remote = ev.local, ev.remote
+        entry.udp_encap = ev.udp_encap
+        entry.lifetime_s, entry.lifetime_kb = ev.lifetime_s, ev.lifetime_kb
+        if at is not None:
+            entry.established_at, entry.established_wall = at, wall
+
     def _on_child_down(self, slot: Slot, ev: ChildSaDeleted) -> None:
-        entry = slot.p2_by_child.pop(ev.child_id, None)
+        entry = slot.p2_by_child.get(ev.child_id)
         if entry is None:
             return
-        if ev.child_id in entry.retiring:
-            self._dp_remove(entry.retiring.pop(ev.child_id))
+        self._drop_child_sa(entry, ev.child_id, ev.reason)
+
+    def _drop_child_sa(self, entry: P2Entry, child_id: int, reason: str) -> None:
+        """One SA of the tunnel is gone; the tunnel ends only with its last SA (a rekey, or the
+        loser of a simultaneous rekey, leaves the others running)."""
+        if entry.slot is not None:
+            entry.slot.p2_by_child.pop(child_id, None)
+        if child_id not in entry.sas:
             return
-        if ev.child_id == entry.child_id:
-            self._p2_gone(entry, ev.reason)
+        self._dp_remove(entry, entry.sas.pop(child_id))
+        entry.shown.pop(child_id, None)
+        if entry.sas:
+            if child_id == entry.child_id:
+                self._show(entry, next(reversed(entry.sas)), None, None)
+            return
+        self._p2_gone(entry, reason)
 
     def _on_failed(self, slot: Slot, ev: NegotiationFailed) -> None:
         detail = dict(offered=ev.offered, peer_offered=ev.peer_offered, notify=ev.notify)
@@ -742,11 +766,13 @@ class TunnelManager:
         e.state = "expired" if "expire" in reason else "deleted"
         if e.state == "deleted" and not e.removing:
             e.last_error = reason
-        self._dp_remove(e.dp_id)
+        for cid, dp_id in list(e.sas.items()):
+            self._dp_remove(e, dp_id)
+            if e.slot is not None and e.slot.p2_by_child.get(cid) is e:
+                del e.slot.p2_by_child[cid]
+        e.sas.clear()
+        e.shown.clear()
         e.dp_id = None
-        for old in list(e.retiring.values()):
-            self._dp_remove(old)
-        e.retiring.clear()
         self._unlive_p2(e)
         log.info("phase 2 tunnel %d ended: %s", e.number, reason)
         _resolve(e.waiters)
@@ -757,11 +783,14 @@ class TunnelManager:
         if e.definition is not None and self.p2_live_by_def.get(e.definition.number) is e:
             del self.p2_live_by_def[e.definition.number]
 
-    def _dp_remove(self, dp_id: int | None) -> None:
+    def _dp_remove(self, entry: P2Entry, dp_id: int | None) -> None:
         if dp_id is None:
             return
         self.p2_by_dp.pop(dp_id, None)
         if self.dataplane is not None:
+            # Keep the tunnel's traffic totals across rekeys.
+            for k, v in _counters(self.dataplane, dp_id).items():
+                entry.totals[k] = entry.totals.get(k, 0) + v
             try:
                 self.dataplane.remove(dp_id)
             except Exception as e:
@@ -789,15 +818,17 @@ class TunnelManager:
 
     def on_dataplane_expire(self, dp_id: int, hard: bool) -> None:
         """The data plane says an SA reached its soft (rekey now) or hard (gone) lifetime."""
-        entry = self.p2_by_dp.get(dp_id)
-        if entry is None or entry.slot is None or entry.child_id is None:
+        found = self.p2_by_dp.get(dp_id)
+        if found is None:
             return
-        slot, child_id = entry.slot, entry.child_id
+        entry, child_id = found
+        slot = entry.slot
+        if slot is None:
+            return
         if hard:
-            self._p2_gone(entry, "expired (lifetime reached)")
-            slot.p2_by_child.pop(child_id, None)
+            self._drop_child_sa(entry, child_id, "expired (lifetime reached)")
             self._call(slot, lambda e: e.delete_child(child_id, self.now()))
-        elif entry.refresh and entry.live and entry.dp_id == dp_id and slot.ike_alive:
+        elif entry.refresh and entry.live and child_id == entry.child_id and slot.ike_alive:
             log.info("phase 2 tunnel %d: lifetime nearly used, rekeying", entry.number)
             self._call(slot, lambda e: e.rekey_child(child_id, self.now()))
 
@@ -1025,11 +1056,12 @@ class TunnelManager:
             e.state = "deleted"
             self._forget_p2(e)
         else:
-            child_id = e.child_id
+            children = list(e.sas)
             # Remove from the data plane now: the user asked for it to stop carrying traffic.
             self._p2_gone(e, "removed by administrator")
-            slot.p2_by_child.pop(child_id, None)
-            self._call(slot, lambda eng: eng.delete_child(child_id, self.now()))
+            now = self.now()
+            for cid in children:
+                self._call(slot, _delete_child(cid, now))
         r["status"] = "removed"
         return r
 
@@ -1110,7 +1142,11 @@ class TunnelManager:
         if e.established_at is not None and e.lifetime_s and e.live:
             left = max(0, round(e.established_at + e.lifetime_s - now))
         d = e.definition
-        counters = _counters(self.dataplane, e.dp_id) if e.dp_id is not None else {}
+        counters = dict(e.totals)
+        for dp_id in e.sas.values():
+            if dp_id is not None:
+                for k, v in _counters(self.dataplane, dp_id).items():
+                    counters[k] = counters.get(k, 0) + v
         return {
             "tunnel": e.number,
             "phase1_tunnel": e.p1.number if e.p1 else None,
@@ -1151,6 +1187,13 @@ class TunnelManager:
             self._call(slot, lambda eng: eng.delete(self.now()))
         for slot in list(self.slots.values()):
             self._drop_slot(slot, "iked stopped")
+
+
+def _delete_child(child_id: int, now: float) -> Callable[[Engine], None]:
+    def call(e: Engine) -> None:
+        e.delete_child(child_id, now)
+
+    return call
 
 
 def _start_child(p2: Phase2Tunnel, now: float) -> Callable[[Engine], None]:

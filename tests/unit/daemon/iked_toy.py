@@ -251,6 +251,20 @@ class ToyEngine:
         del self.children[child_id]
         self.events.append(ChildSaDeleted(child_id, "rekeyed"))
 
+    def simultaneous_rekey(self, child_id: int) -> tuple[int, int]:
+        """What IKEv2 reports when both ends rekey one child at once: two successors, then the
+        loser and the old SA deleted."""
+        old = self.children[child_id]
+        a, b = self.next_child, self.next_child + 1
+        self.next_child += 2
+        self._child_up(old.phase2, a, rekey_of=child_id)
+        self._child_up(old.phase2, b, rekey_of=child_id)
+        del self.children[b]
+        self.events.append(ChildSaDeleted(b, "redundant after simultaneous rekey"))
+        del self.children[child_id]
+        self.events.append(ChildSaDeleted(child_id, "rekeyed"))
+        return a, b
+
     def delete_child(self, child_id: int, now: float) -> None:
         if child_id in self.children:
             del self.children[child_id]

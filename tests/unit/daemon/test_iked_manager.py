@@ -251,6 +251,39 @@ def test_dataplane_soft_expiry_rekeys_and_keeps_tunnel_number(net: Net) -> None:
     assert list(net.da.children) == [entry.dp_id]  # the old SA left the data plane
 
 
+def test_simultaneous_rekey_keeps_the_tunnel_and_its_surviving_sa(net: Net) -> None:
+    net.a.activate(net.pa.by_numbers([10], None), None)
+    settle(net)
+    (slot,) = net.a.slots.values()
+    (entry,) = net.a.p2.values()
+    engine = slot.engine
+    winner, _loser = engine.simultaneous_rekey(entry.child_id)  # type: ignore[attr-defined]
+    net.a._pump(slot)
+    assert entry.state == "established" and entry.number == 1 and entry.rekeys == 2
+    assert entry.child_id == winner and list(entry.sas) == [winner]
+    assert list(net.da.children) == [entry.dp_id]  # the old SA and the loser left the data plane
+    # the data plane's hard expiry of the surviving SA ends the tunnel; of an unknown one, nothing
+    net.a.on_dataplane_expire(999, hard=True)
+    assert entry.state == "established"
+    net.a.on_dataplane_expire(entry.dp_id or 0, hard=True)
+    assert entry.state == "expired" and not net.da.children
+
+
+def test_hard_expiry_of_an_old_sa_leaves_the_tunnel(net: Net) -> None:
+    net.a.activate(net.pa.by_numbers([10], None), None)
+    settle(net)
+    (slot,) = net.a.slots.values()
+    (entry,) = net.a.p2.values()
+    old_dp = entry.dp_id
+    # a rekey whose old SA the engine has not deleted yet: both are installed
+    engine = slot.engine
+    engine._child_up(engine.children[entry.child_id].phase2, 99, rekey_of=entry.child_id)  # type: ignore[attr-defined]
+    net.a._pump(slot)
+    assert len(net.da.children) == 2
+    net.a.on_dataplane_expire(old_dp or 0, hard=True)
+    assert entry.state == "established" and entry.child_id == 99 and len(net.da.children) == 1
+
+
 def test_remove_all_then_list_empty(net: Net) -> None:
     net.a.activate(net.pa.by_numbers([10, 11], None), None)
     settle(net)
