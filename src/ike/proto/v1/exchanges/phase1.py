@@ -15,7 +15,14 @@ from dataclasses import dataclass
 from ike.policy import AuthMethod, Identity, IdType, Phase1Tunnel
 from ike.proto.api import Datagram, EngineSettings, PolicySource, Role
 from ike.proto.crypto import CryptoError, DhPrivate
-from ike.proto.identity import IdentityError, identities_match, identity_from_wire, identity_to_wire
+from ike.proto.identity import (
+    IdentityError,
+    dn_equal,
+    identities_match,
+    identity_from_wire,
+    identity_to_wire,
+    parse_dn,
+)
 from ike.proto.transforms import DH
 from ike.proto.v1 import natt
 from ike.proto.v1.auth import (
@@ -374,6 +381,15 @@ class Phase1Exchange:
             t, data = identity_to_wire(ident)
         except IdentityError as e:
             raise ExchangeFailed(f"tunnel {self.tunnel.name}: local identity: {e}") from None
+        cert = self.creds.cert if self.creds is not None else None
+        if ident.type is IdType.DN and cert is not None:
+            # A DN written in either order (RFC 4514 or strongSwan's "C=.., O=.., CN=..") names our
+            # certificate: send its subject exactly as encoded there, which is what peers compare.
+            try:
+                if dn_equal(parse_dn(ident.value), cert.subject):
+                    data = cert.subject.public_bytes()
+            except IdentityError:
+                pass
         self.sa.local_id = ident
         return IdPayload(t, data)
 
