@@ -339,14 +339,6 @@ class EspSa:
         if (self._bitmap >> off) & 1:
             raise ReplayError(f"SPI {self.spi:#010x}: sequence number {seq} was already received (replay)")
 
-    def _replay_update(self, seq: int) -> None:
-        top = self._top
-        if seq > top:
-            self._bitmap = ((self._bitmap << (seq - top)) | 1) & self._wmask if self._wmask else 0
-            self._top = seq
-        elif self._wmask:
-            self._bitmap |= 1 << (top - seq)
-
     def decapsulate(self, esp: bytes | bytearray | memoryview) -> tuple[int, bytes]:
         """Verify and decrypt one ESP packet (starting at the SPI): (next header, inner packet).
         Raises IntegrityError, ReplayError, PaddingError, SaExpiredError or EspError (malformed)."""
@@ -358,37 +350,48 @@ class EspSa:
         spi, lo = _HDR.unpack_from(esp)
         if spi != self.spi:
             raise EspError(f"packet SPI {spi:#010x} is not this SA's {self.spi:#010x}")
-        seq = self._infer_seq(lo)
-        self._replay_check(seq)
-        ivs = self._iv_size
+        esn = self.esn
+        seq = self._infer_seq(lo) if esn else lo
+        top = self._top
+        if seq <= top or not seq:  # the common in-order case needs no window look-up
+            self._replay_check(seq)
+        mv = esp if isinstance(esp, memoryview) else memoryview(esp)
         aead = self._aead_obj
         if aead is not None:
-            aad = self._spi_b + _U32.pack(seq >> 32) + bytes(esp[4:8]) if self.esn else bytes(esp[:8])
+            # both AEAD transforms here carry an 8-byte IV
+            aad = self._spi_b + _U32.pack(seq >> 32) + bytes(mv[4:8]) if esn else bytes(mv[:8])
             try:
-                pt = aead.decrypt(self._salt + bytes(esp[8 : 8 + ivs]), bytes(esp[8 + ivs :]), aad)
+                pt = aead.decrypt(self._salt + bytes(mv[8:16]), mv[16:], aad)
             except InvalidTag:
                 raise IntegrityError(f"SPI {self.spi:#010x}: ICV check failed (wrong key or altered packet)") from None
         else:
+            ivs = self._iv_size
             icv_at = n - self._icv_len
             ct_len = icv_at - 8 - ivs
             if ct_len % self._block:
                 raise EspError(f"SPI {self.spi:#010x}: ciphertext length {ct_len} is not a multiple of {self._block}")
             assert self._hmac is not None
             h = self._hmac.copy()
-            h.update(esp[:icv_at])
-            if self.esn:
+            h.update(mv[:icv_at])
+            if esn:
                 h.update(_U32.pack(seq >> 32))
-            if not _hmac.compare_digest(h.finalize()[: self._icv_len], bytes(esp[icv_at:])):
+            if not _hmac.compare_digest(h.finalize()[: self._icv_len], bytes(mv[icv_at:])):
                 raise IntegrityError(f"SPI {self.spi:#010x}: ICV check failed (wrong key or altered packet)")
-            dec = Cipher(self._cbc_alg, modes.CBC(bytes(esp[8 : 8 + ivs]))).decryptor()
-            pt = dec.update(bytes(esp[8 + ivs : icv_at])) + dec.finalize()
+            dec = Cipher(self._cbc_alg, modes.CBC(bytes(mv[8 : 8 + ivs]))).decryptor()
+            pt = dec.update(mv[8 + ivs : icv_at]) + dec.finalize()
         padlen = pt[-2]
         end = len(pt) - 2 - padlen
         if end < 0:
             raise PaddingError(f"SPI {self.spi:#010x}: pad length {padlen} exceeds the payload ({len(pt)} bytes)")
         if padlen and pt[end:-2] != _PAD[padlen]:
             raise PaddingError(f"SPI {self.spi:#010x}: padding bytes are not 1, 2, 3, ... (RFC 4303 §2.4)")
-        self._replay_update(seq)
+        # the packet is authentic: only now move the window (RFC 4303 §3.4.3)
+        if seq > top:
+            if self._wmask:
+                self._bitmap = ((self._bitmap << (seq - top)) | 1) & self._wmask
+            self._top = seq
+        elif self._wmask:
+            self._bitmap |= 1 << (top - seq)
         self.bytes += end
         self.packets += 1
         if self.bytes >= self._limit_bytes or self.packets >= self._limit_packets:

@@ -27,12 +27,14 @@ import os
 import socket
 import struct
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ike.dataplane.base import ChildCounters, DataPlaneError, ExpiryCallback, IkeHandler, UdpSender
 from ike.dataplane.esp import NH_IPV4, NH_IPV6, EspError, EspSa, Lifetime, SaExpiredError
+from ike.dataplane.gro import VNET_HDR_LEN, Coalescer
 from ike.dataplane.spd import SelectorSet, Spd, cidr_blocks
 from ike.proto.api import Address, ChildSaEstablished
 
@@ -41,6 +43,7 @@ log = logging.getLogger("ike.dataplane.userspace")
 TUNSETIFF = 0x400454CA
 IFF_TUN = 0x0001
 IFF_NO_PI = 0x1000
+IFF_VNET_HDR = 0x4000
 IPPROTO_ESP = 50
 SO_MARK = getattr(socket, "SO_MARK", 36)
 
@@ -50,6 +53,12 @@ DEFAULT_TABLE = 4501
 DEFAULT_MARK = 0x494B45  # "IKE"
 DEFAULT_RULE_PRIORITY = 4501
 BATCH = 256  # packets per wake-up before yielding to the rest of the loop
+SOL_UDP = 17
+UDP_SEGMENT = 103  # UDP GSO (Linux 4.18): one send, many datagrams of one size
+UDP_GRO = 104  # UDP GRO (Linux 5.0): one receive, many datagrams of one size
+GSO_MAX_SEGS = 64
+GSO_MAX_BYTES = 60000
+_LE = sys.byteorder == "little"
 SOCK_BUF = 4 << 20  # bytes; absorbs bursts while the loop is busy (a full raw ESP socket also makes
 # the kernel answer with ICMP protocol-unreachable, which must not happen in normal operation)
 
@@ -72,11 +81,14 @@ def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
 
 @dataclass
 class _Out:
-    """What the TUN reader needs for one outbound SA."""
+    """What the TUN reader needs for one outbound SA. With an attached UDP socket, `sock`/`dst` let
+    the reader batch packets into one UDP GSO send; otherwise `send` sends one packet."""
 
     sa: EspSa
     send: Callable[[bytes], object]
     child_id: int
+    sock: socket.socket | None = None
+    dst: tuple[str, int] | None = None
 
 
 @dataclass
@@ -111,11 +123,17 @@ class UserspaceDataPlane:
         rule_priority: int = DEFAULT_RULE_PRIORITY,
         replay_window: int = 64,
         soft_fraction: float = 0.9,
+        coalesce: bool = True,
     ) -> None:
         if len(tun_name.encode()) > 15:
             raise DataPlaneError(f"TUN device name {tun_name!r} is longer than 15 bytes")
         self.tun_name, self.mtu, self.table, self.mark = tun_name, mtu, table, mark
         self.rule_priority, self.replay_window, self.soft_fraction = rule_priority, replay_window, soft_fraction
+        # With a virtio-net header on the TUN device, received TCP segments are handed to the kernel
+        # merged (gro.py); without it every packet is written alone.
+        self.coalesce = coalesce
+        self._gro: Coalescer | None = None
+        self._flush_pending = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tun_fd = -1
         self._raw: dict[int, socket.socket] = {}  # family -> raw ESP socket
@@ -132,6 +150,7 @@ class UserspaceDataPlane:
         self.unknown_spi = 0
         self.send_errors = 0
         self._last_err_log = 0.0
+        self.udp_gso = True  # cleared the first time the kernel refuses a UDP GSO send
 
     # -- life cycle --------------------------------------------------------------------------------
 
@@ -142,12 +161,15 @@ class UserspaceDataPlane:
         except OSError as e:
             raise DataPlaneError(f"cannot open /dev/net/tun ({e.strerror}): the userspace data plane needs root") from e
         try:
-            fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH22x", self.tun_name.encode(), IFF_TUN | IFF_NO_PI))
+            flags = IFF_TUN | IFF_NO_PI | (IFF_VNET_HDR if self.coalesce else 0)
+            fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH22x", self.tun_name.encode(), flags))
         except OSError as e:
             os.close(fd)
             raise DataPlaneError(f"cannot create TUN device {self.tun_name} ({e.strerror}); is it in use?") from e
         self._tun_fd = fd
-        _ip("link", "set", "dev", self.tun_name, "mtu", str(self.mtu), "up")
+        if self.coalesce:
+            self._gro = Coalescer(lambda bufs: os.writev(fd, bufs))
+        _ip("link", "set", "dev", self.tun_name, "mtu", str(self.mtu), "txqueuelen", "2000", "up")
         for fam in ("-4", "-6"):
             # A rule left by a crashed run would double up; remove before adding.
             while _ip(fam, "rule", "del", "priority", str(self.rule_priority), check=False).returncode == 0:
@@ -227,6 +249,10 @@ class UserspaceDataPlane:
         sock.setblocking(False)
         self.bypass_socket(sock)
         _big_buffers(sock)
+        try:
+            sock.setsockopt(SOL_UDP, UDP_GRO, 1)
+        except OSError:
+            pass  # older kernel: datagrams arrive one by one
         if self._loop is None:
             self._pending_udp.append((sock, on_ike))
         else:
@@ -240,6 +266,18 @@ class UserspaceDataPlane:
 
     def receive_udp_esp(self, data: bytes, local: Address, remote: Address) -> None:
         self._esp_in(data)
+        # datagrams handed over one by one: merge what arrives within one loop iteration
+        if self._gro is not None and not self._flush_pending and self._loop is not None:
+            self._flush_pending = True
+            self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_pending = False
+        if self._gro is not None:
+            try:
+                self._gro.flush()
+            except OSError:
+                self.send_errors += 1
 
     # -- installing --------------------------------------------------------------------------------
 
@@ -287,6 +325,10 @@ class UserspaceDataPlane:
         except EspError as e:
             raise DataPlaneError(f"child SA {cid}: {e}") from e
         out = _Out(out_sa, self._sender_for(child), cid)
+        if child.udp_encap:
+            fam = socket.AF_INET6 if ipaddress.ip_address(child.remote[0]).version == 6 else socket.AF_INET
+            out.sock = self._udp.get(fam)
+            out.dst = (child.remote[0], child.remote[1]) if out.sock is not None else None
         inn = _In(in_sa, SelectorSet(child.local_ts, child.remote_ts), cid)
         rec = _Child(child, out, inn, [])
         out_sa.on_limit = lambda kind: self._limit(cid, kind)
@@ -455,57 +497,147 @@ class UserspaceDataPlane:
         fd = self._tun_fd
         read = os.read
         lookup = self._spd.lookup
-        for _ in range(BATCH):
-            try:
-                pkt = read(fd, 65536)
-            except BlockingIOError:
+        vnet = self._gro is not None
+        # ESP-in-UDP packets of one size to one peer are collected and sent with one UDP GSO call
+        batch: list[bytes] = []
+        bsock: socket.socket | None = None
+        bdst: tuple[str, int] | None = None
+        seg = total = 0
+        gso = self.udp_gso
+        try:
+            for _ in range(BATCH):
+                try:
+                    pkt = read(fd, 65536)
+                except BlockingIOError:
+                    return
+                except OSError as e:
+                    self._rate_log("reading %s failed: %s", self.tun_name, e)
+                    return
+                if vnet:
+                    pkt = pkt[VNET_HDR_LEN:]
+                out = lookup(pkt)
+                if out is None:
+                    self.no_policy += 1
+                    continue
+                try:
+                    esp = out.sa.encapsulate(pkt, NH_IPV4 if pkt[0] >> 4 == 4 else NH_IPV6)
+                except SaExpiredError:
+                    continue
+                sock = out.sock
+                if sock is None or not gso:
+                    try:
+                        out.send(esp)
+                    except OSError:
+                        self.send_errors += 1  # full socket buffer or unreachable: drop, as a router would
+                    continue
+                n = len(esp)
+                if batch and (
+                    sock is not bsock
+                    or out.dst != bdst
+                    or n > seg
+                    or len(batch[-1]) != seg  # only the last datagram of a GSO send may be short
+                    or total + n > GSO_MAX_BYTES
+                    or len(batch) >= GSO_MAX_SEGS
+                ):
+                    self._send_batch(bsock, bdst, batch, seg)
+                    batch = []
+                if not batch:
+                    bsock, bdst, seg, total = sock, out.dst, n, 0
+                batch.append(esp)
+                total += n
+        finally:
+            if batch:
+                self._send_batch(bsock, bdst, batch, seg)
+
+    def _send_batch(
+        self, sock: socket.socket | None, dst: tuple[str, int] | None, batch: list[bytes], seg: int
+    ) -> None:
+        assert sock is not None and dst is not None
+        try:
+            if len(batch) == 1:
+                sock.sendto(batch[0], dst)
+            else:
+                sock.sendmsg(batch, [(SOL_UDP, UDP_SEGMENT, seg.to_bytes(2, "little" if _LE else "big"))], 0, dst)
+            return
+        except BlockingIOError:
+            self.send_errors += len(batch)
+            return
+        except OSError as e:
+            if len(batch) == 1:
+                self.send_errors += 1
                 return
-            except OSError as e:
-                self._rate_log("reading %s failed: %s", self.tun_name, e)
-                return
-            out = lookup(pkt)
-            if out is None:
-                self.no_policy += 1
-                continue
+            if self.udp_gso:
+                log.info("UDP GSO send refused (%s): sending datagrams one by one", e.strerror)
+                self.udp_gso = False
+        for b in batch:
             try:
-                esp = out.sa.encapsulate(pkt, NH_IPV4 if pkt[0] >> 4 == 4 else NH_IPV6)
-            except SaExpiredError:
-                continue
-            try:
-                out.send(esp)
+                sock.sendto(b, dst)
             except OSError:
-                self.send_errors += 1  # full socket buffer or unreachable: drop, as a router would
+                self.send_errors += 1
 
     def _on_udp(self, sock: socket.socket, local: Address, on_ike: IkeHandler) -> None:
-        recvfrom = sock.recvfrom
-        esp_in = self._esp_in
+        try:
+            self._drain_udp(sock, self._esp_in, local, on_ike)
+        finally:
+            self._flush()
+
+    def _drain_udp(
+        self,
+        sock: socket.socket,
+        esp_in: Callable[[bytes | memoryview], None],
+        local: Address,
+        on_ike: IkeHandler,
+    ) -> None:
+        recvmsg = sock.recvmsg
         for _ in range(BATCH):
             try:
-                data, addr = recvfrom(65536)
+                data, anc, _flags, addr = recvmsg(65536, 64)
             except BlockingIOError:
                 return
             except OSError as e:  # ICMP errors surface here on UDP sockets; keep reading
                 self._rate_log("port 4500 socket: %s", e)
                 continue
-            if len(data) > 8 and data[:4] != b"\0\0\0\0":
-                esp_in(data)
+            seg = 0
+            for level, kind, val in anc:
+                if level == SOL_UDP and kind == UDP_GRO:
+                    seg = int.from_bytes(val[:4], sys.byteorder)
+            if seg and len(data) > seg:  # several datagrams of `seg` bytes (the last may be shorter)
+                mv = memoryview(data)
+                for off in range(0, len(data), seg):
+                    self._one_udp(mv[off : off + seg], esp_in, local, addr, on_ike)
             else:
-                try:
-                    on_ike(data, local, (addr[0], addr[1]))
-                except Exception:
-                    log.exception("IKE handler failed on a datagram from %s", addr[0])
+                self._one_udp(data, esp_in, local, addr, on_ike)
+
+    def _one_udp(
+        self,
+        data: bytes | memoryview,
+        esp_in: Callable[[bytes | memoryview], None],
+        local: Address,
+        addr: tuple[str, int],
+        on_ike: IkeHandler,
+    ) -> None:
+        if len(data) > 8 and data[:4] != b"\0\0\0\0":
+            esp_in(data)
+        else:
+            try:
+                on_ike(bytes(data), local, (addr[0], addr[1]))
+            except Exception:
+                log.exception("IKE handler failed on a datagram from %s", addr[0])
 
     def _on_raw(self, sock: socket.socket, v4: bool) -> None:
         esp_in = self._esp_in
-        for _ in range(BATCH):
-            try:
-                data = sock.recv(65536)
-            except BlockingIOError:
-                return
-            except OSError:
-                continue
-            # IPv4 raw sockets deliver the IP header too; IPv6 ones do not
-            esp_in(memoryview(data)[(data[0] & 0x0F) * 4 :] if v4 else data)
+        try:
+            for _ in range(BATCH):
+                try:
+                    data = sock.recv(65536)
+                except BlockingIOError:
+                    return
+                except OSError:
+                    continue
+                # IPv4 raw sockets deliver the IP header too; IPv6 ones do not
+                esp_in(memoryview(data)[(data[0] & 0x0F) * 4 :] if v4 else data)
+        finally:
+            self._flush()
 
     def _esp_in(self, data: bytes | memoryview) -> None:
         if len(data) < 8:
@@ -533,7 +665,10 @@ class UserspaceDataPlane:
             self._rate_log("child SA %d: dropped a decrypted packet outside the negotiated selectors", inn.child_id)
             return
         try:
-            os.write(self._tun_fd, inner)
+            if self._gro is not None:
+                self._gro.add(inner)
+            else:
+                os.write(self._tun_fd, inner)
         except OSError:
             self.send_errors += 1
 
