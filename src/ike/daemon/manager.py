@@ -17,6 +17,7 @@ import dataclasses
 import logging
 import socket
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -228,6 +229,8 @@ class TunnelManager:
         self._next_dp = 1
         self._closing = False
         self._stateless_failed: dict[tuple[Address, bytes], bool] = {}
+        self._graveyard_p1: deque[int] = deque()
+        self._graveyard_p2: deque[int] = deque()
         self._established_by_peer: dict[tuple[str, str], set[int]] = {}  # (remote ip, remote id) -> P1 numbers
 
     def now(self) -> float:
@@ -318,7 +321,6 @@ class TunnelManager:
             e = P1Entry(self._next_p1, Role.RESPONDER, ev.phase1, dg.local, dg.remote, version)
             self._next_p1 += 1
             self.p1[e.number] = e
-            self._prune()
             self._p1_fail(e, ev.reason, offered=ev.offered, peer_offered=ev.peer_offered, notify=ev.notify)
         elif isinstance(ev, PacketDropped):
             self.stats.packets_dropped += 1
@@ -703,7 +705,6 @@ class TunnelManager:
         e = P1Entry(self._next_p1, role, definition, local, remote, version, slot=slot)
         self._next_p1 += 1
         self.p1[e.number] = e
-        self._prune()
         return e
 
     def _new_p2(self, role: Role, definition: Phase2Tunnel | None, p1: P1Entry | None, slot: Slot) -> P2Entry:
@@ -712,10 +713,10 @@ class TunnelManager:
         self.p2[e.number] = e
         if p1 is not None:
             p1.children[e.number] = e
-        self._prune()
         return e
 
     def _p1_fail(self, e: P1Entry, reason: str, **detail: Any) -> None:
+        self._died(e)
         e.state = "failed"
         e.last_error = reason
         e.offered = tuple(detail.get("offered") or ())
@@ -730,6 +731,7 @@ class TunnelManager:
         _resolve(e.waiters)
 
     def _p1_gone(self, e: P1Entry, reason: str) -> None:
+        self._died(e)
         e.state = "expired" if "expire" in reason else "deleted"
         if e.state == "deleted" and not e.removing:
             e.last_error = reason
@@ -749,6 +751,7 @@ class TunnelManager:
                 del self._established_by_peer[(e.remote[0], e.remote_id)]
 
     def _p2_fail(self, e: P2Entry, reason: str, **detail: Any) -> None:
+        self._died(e)
         e.state = "failed"
         e.last_error = reason
         e.offered = tuple(detail.get("offered") or ())
@@ -763,6 +766,7 @@ class TunnelManager:
         _resolve(e.waiters)
 
     def _p2_gone(self, e: P2Entry, reason: str) -> None:
+        self._died(e)
         e.state = "expired" if "expire" in reason else "deleted"
         if e.state == "deleted" and not e.removing:
             e.last_error = reason
@@ -804,15 +808,19 @@ class TunnelManager:
         if e.p1 is not None:
             e.p1.children.pop(e.number, None)
 
-    def _prune(self) -> None:
-        """Keep at most MAX_DEAD_ENTRIES dead tunnels per phase (oldest go first): a peer sending
-        garbage must not grow the table without bound."""
-        dead1 = [e for e in self.p1.values() if not e.live]
-        for e1 in dead1[: max(0, len(dead1) - MAX_DEAD_ENTRIES)]:
-            self._forget_p1(e1)
-        dead2 = [e for e in self.p2.values() if not e.live]
-        for e2 in dead2[: max(0, len(dead2) - MAX_DEAD_ENTRIES)]:
-            self._forget_p2(e2)
+    def _died(self, e: P1Entry | P2Entry) -> None:
+        """Record a tunnel that failed or ended; keep at most MAX_DEAD_ENTRIES per phase (oldest
+        go first), so a peer sending garbage cannot grow the table without bound."""
+        dead, table = (self._graveyard_p1, self.p1) if isinstance(e, P1Entry) else (self._graveyard_p2, self.p2)
+        dead.append(e.number)
+        while len(dead) > MAX_DEAD_ENTRIES:
+            n = dead.popleft()
+            old = table.get(n)
+            if old is not None and not old.live:
+                if isinstance(old, P1Entry):
+                    self._forget_p1(old)
+                else:
+                    self._forget_p2(old)
 
     # --- data plane callbacks -------------------------------------------------------------------
 

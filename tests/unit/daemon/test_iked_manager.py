@@ -330,3 +330,19 @@ def test_remid_group_and_ipaddr_resolution(net: Net) -> None:
     assert [r["phase"] for r in res] == [1, 2, 2]
     settle(net)
     assert all(e.state == "established" for e in net.a.p2.values())
+
+
+def test_dead_entries_are_bounded(net: Net, monkeypatch: pytest.MonkeyPatch) -> None:
+    import ike.daemon.manager as manager_mod
+
+    monkeypatch.setattr(manager_mod, "MAX_DEAD_ENTRIES", 3)
+    p1 = net.pa.p1_by_number[1]
+    for i in range(6):
+        net.a._dead_p1(p1, f"failure {i}")
+    assert [e.last_error for e in net.a.p1.values()] == ["failure 3", "failure 4", "failure 5"]
+    # live tunnels are never pruned
+    net.a.activate(net.pa.by_numbers([1], 1), 1)
+    settle(net)
+    for i in range(4):
+        net.a._dead_p1(p1, f"later {i}")
+    assert sum(1 for e in net.a.p1.values() if e.live) == 1 and len(net.a.p1) == 4
