@@ -330,3 +330,20 @@ def test_dpd_retransmissions_use_new_sequence_numbers(monkeypatch: pytest.Monkey
     assert len(set(a_seqs)) == len(a_seqs) and len(a_seqs) >= 3
     assert not p.events("a", IkeSaDeleted)
     assert p.a.is_established()
+
+
+def test_children_are_not_refreshed_without_a_phase1() -> None:
+    a1, _, b1, _ = basic(dpd=0)
+    a2 = phase2(a1, "10.1.0.0/16", "10.2.0.0/16", lifetime_s=600)
+    p = Pair(a1, [a2], policies_b(b1, mirror(a2, b1)))
+    p.run()
+    assert p.b is not None
+    p.b.delete(p.now)  # the peer deletes its ISAKMP SA; the phase 2 SA stays up
+    p.collect()
+    p.run()
+    assert p.events("a", IkeSaDeleted)[0].reason == "deleted by peer"
+    sent = len(p.log)
+    p.advance(700)
+    assert len(p.log) == sent  # no new phase 1 (and no SA left to send a Delete under)
+    assert [d.reason for d in p.events("a", ChildSaDeleted)] == ["expired"]
+    assert len(p.events("a", IkeSaEstablished)) == 1 and p.a.finished

@@ -811,7 +811,9 @@ class Ikev1Engine:
                 self._delete_child(c.child_id, "expired", notify_peer=True)
             elif c.rekey_at is not None and now >= c.rekey_at:
                 c.rekey_at = None
-                if not self._closing:
+                # Without an ISAKMP SA (deleted by the peer, or by us) a phase 2 SA runs on until it
+                # expires and is not refreshed (AIX); a peer that re-authenticated brings its own.
+                if not self._closing and self._current_sa() is not None:
                     self._start_child(c.phase2, c.child_id, now)
 
     def _dpd_check(self, sa: IsakmpSa, t: _SaTimers, now: float) -> None:
