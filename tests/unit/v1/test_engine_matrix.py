@@ -69,3 +69,18 @@ def test_whole_life(pki: Pki, mode: str, auth: str) -> None:
     p.run()
     assert not p.a.is_established()
     assert not p.events("a", NegotiationFailed) and not p.events("b", NegotiationFailed)
+
+
+@pytest.mark.parametrize("parity", [0, 1])
+@pytest.mark.parametrize("auth", ["psk", "rsa", "ecdsa"])
+@pytest.mark.parametrize("mode", ["main", "aggressive"])
+def test_every_other_datagram_lost(pki: Pki, mode: str, auth: str, parity: int) -> None:
+    a1, a2, b1, b2 = _tunnels(pki, mode, auth)
+    p = Pair(a1, [a2], policies_b(b1, b2))
+    p.drop = lambda i, to, dg: i % 2 == parity
+    if parity == 0:
+        p.wire.clear()
+    p.run(until=p.now + 120)
+    assert len(p.events("a", IkeSaEstablished)) == 1 and len(p.events("b", IkeSaEstablished)) == 1
+    ca, cb = p.events("a", ChildSaEstablished), p.events("b", ChildSaEstablished)
+    assert len(ca) == 1 and len(cb) == 1 and ca[0].inbound == cb[0].outbound
