@@ -29,7 +29,7 @@ import struct
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from ike.dataplane.base import ChildCounters, DataPlaneError, ExpiryCallback, IkeHandler, UdpSender
@@ -577,18 +577,13 @@ class UserspaceDataPlane:
 
     def _on_udp(self, sock: socket.socket, local: Address, on_ike: IkeHandler) -> None:
         try:
-            self._drain_udp(sock, self._esp_in, local, on_ike)
+            self._drain_udp(sock, local, on_ike)
         finally:
             self._flush()
 
-    def _drain_udp(
-        self,
-        sock: socket.socket,
-        esp_in: Callable[[bytes | memoryview], None],
-        local: Address,
-        on_ike: IkeHandler,
-    ) -> None:
+    def _drain_udp(self, sock: socket.socket, local: Address, on_ike: IkeHandler) -> None:
         recvmsg = sock.recvmsg
+        esp_in_many = self._esp_in_many
         for _ in range(BATCH):
             try:
                 data, anc, _flags, addr = recvmsg(65536, 64)
@@ -603,26 +598,23 @@ class UserspaceDataPlane:
                     seg = int.from_bytes(val[:4], sys.byteorder)
             if seg and len(data) > seg:  # several datagrams of `seg` bytes (the last may be shorter)
                 mv = memoryview(data)
-                for off in range(0, len(data), seg):
-                    self._one_udp(mv[off : off + seg], esp_in, local, addr, on_ike)
+                dgrams: Sequence[bytes | memoryview] = [mv[off : off + seg] for off in range(0, len(data), seg)]
             else:
-                self._one_udp(data, esp_in, local, addr, on_ike)
-
-    def _one_udp(
-        self,
-        data: bytes | memoryview,
-        esp_in: Callable[[bytes | memoryview], None],
-        local: Address,
-        addr: tuple[str, int],
-        on_ike: IkeHandler,
-    ) -> None:
-        if len(data) > 8 and data[:4] != b"\0\0\0\0":
-            esp_in(data)
-        else:
-            try:
-                on_ike(bytes(data), local, (addr[0], addr[1]))
-            except Exception:
-                log.exception("IKE handler failed on a datagram from %s", addr[0])
+                dgrams = (data,)
+            esp: list[bytes | memoryview] = []
+            for d in dgrams:
+                if len(d) > 8 and d[:4] != b"\0\0\0\0":
+                    esp.append(d)
+                    continue
+                if esp:  # keep the order of what came before
+                    esp_in_many(esp)
+                    esp = []
+                try:
+                    on_ike(bytes(d), local, (addr[0], addr[1]))
+                except Exception:
+                    log.exception("IKE handler failed on a datagram from %s", addr[0])
+            if esp:
+                esp_in_many(esp)
 
     def _on_raw(self, sock: socket.socket, v4: bool) -> None:
         esp_in = self._esp_in
@@ -640,37 +632,44 @@ class UserspaceDataPlane:
             self._flush()
 
     def _esp_in(self, data: bytes | memoryview) -> None:
-        if len(data) < 8:
-            return
-        inn = self._in.get(int.from_bytes(data[:4], "big"))
-        if inn is None:
-            self.unknown_spi += 1
-            return
-        try:
-            nh, inner = inn.sa.decapsulate(data)
-        except EspError as e:
-            inn.dropped += 1
-            self._rate_log("child SA %d: dropped inbound ESP: %s", inn.child_id, e)
-            return
-        if nh == 59:  # RFC 4303 dummy packet
-            return
-        if not inner or (inner[0] >> 4) != (4 if nh == NH_IPV4 else 6 if nh == NH_IPV6 else 0):
-            inn.dropped += 1
-            self._rate_log(
-                "child SA %d: dropped inbound ESP with next header %d (tunnel mode carries IP)", inn.child_id, nh
-            )
-            return
-        if not inn.selectors.allows(inner):
-            inn.dropped += 1
-            self._rate_log("child SA %d: dropped a decrypted packet outside the negotiated selectors", inn.child_id)
-            return
-        try:
-            if self._gro is not None:
-                self._gro.add(inner)
-            else:
-                os.write(self._tun_fd, inner)
-        except OSError:
-            self.send_errors += 1
+        self._esp_in_many((data,))
+
+    def _esp_in_many(self, packets: Sequence[bytes | memoryview]) -> None:
+        """ESP packets -> SA by SPI -> decrypt -> selector check -> TUN (via the coalescer)."""
+        in_get = self._in.get
+        gro_add = self._gro.add if self._gro is not None else None
+        for data in packets:
+            if len(data) < 8:
+                continue
+            inn = in_get(int.from_bytes(data[:4], "big"))
+            if inn is None:
+                self.unknown_spi += 1
+                continue
+            try:
+                nh, inner = inn.sa.decapsulate(data)
+            except EspError as e:
+                inn.dropped += 1
+                self._rate_log("child SA %d: dropped inbound ESP: %s", inn.child_id, e)
+                continue
+            if nh == 59:  # RFC 4303 dummy packet
+                continue
+            if not inner or (inner[0] >> 4) != (4 if nh == NH_IPV4 else 6 if nh == NH_IPV6 else 0):
+                inn.dropped += 1
+                self._rate_log(
+                    "child SA %d: dropped inbound ESP with next header %d (tunnel mode carries IP)", inn.child_id, nh
+                )
+                continue
+            if not inn.selectors.allows(inner):
+                inn.dropped += 1
+                self._rate_log("child SA %d: dropped a decrypted packet outside the negotiated selectors", inn.child_id)
+                continue
+            try:
+                if gro_add is not None:
+                    gro_add(inner)
+                else:
+                    os.write(self._tun_fd, inner)
+            except OSError:
+                self.send_errors += 1
 
     def _rate_log(self, msg: str, *args: object) -> None:
         now = time.monotonic()
