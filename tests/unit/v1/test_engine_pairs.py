@@ -399,3 +399,15 @@ def test_draft_nat_t_peer() -> None:
 
         seen += [d.type for d in decode_chain(dg.data[16], dg.data[28:])]
     assert 130 in seen and 20 not in seen
+
+
+def test_ah_transport() -> None:
+    a1, _, b1, _ = basic()
+    esp = (EspProposal("aes-cbc", 128, "hmac-sha2-256-128"),)
+    a2 = phase2(a1, A_IP, B_IP, protocol="ah", mode="transport", proposals=esp)
+    p = Pair(a1, [a2], policies_b(b1, mirror(a2, b1)))
+    p.run()
+    ca, cb = p.children()
+    assert ca and cb and ca[0].protocol == "ah" == cb[0].protocol and ca[0].mode == "transport"
+    assert ca[0].inbound.enc_key == b"" and len(ca[0].inbound.integ_key) == 32
+    assert ca[0].inbound == cb[0].outbound

@@ -183,7 +183,8 @@ class Phase1Exchange:
                 self._adopt_choice(choice)
                 # Echo the chosen transform unchanged (RFC 2408 §4.2); a shorter lifetime of ours goes
                 # in a RESPONDER-LIFETIME notify.
-                return SaPayload((type(sa.proposals[0])(1, PROTO_ISAKMP, b"", (choice.transform,)),))
+                pnum = next((p.number for p in sa.proposals if choice.transform in p.transforms), 1)
+                return SaPayload((type(sa.proposals[0])(pnum, PROTO_ISAKMP, b"", (choice.transform,)),))
         if not candidates:
             raise ExchangeFailed(
                 f"no IKEv1 {self.mode_name} tunnel is defined for {self.sa.local[0]} <-> {self.sa.remote[0]}",
