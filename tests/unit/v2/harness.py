@@ -153,6 +153,7 @@ class Net:
         drop: Callable[[int, Datagram], bool] | None = None,
         nat: bool = False,
         start: float = 1000.0,
+        addresses: tuple[str, str] = (I_IP, R_IP),
     ) -> None:
         self.now = start
         self.settings = settings or EngineSettings(extra={"ikev2_cookie_guard": CookieGuard()})
@@ -166,7 +167,7 @@ class Net:
         self.i = Side("i")
         self.r = Side("r")
         self.i.engine = Ikev2Engine.initiate(
-            i_phase1, i_children, i_policies, self.settings, (I_IP, 500), (R_IP, 500), self.now
+            i_phase1, i_children, i_policies, self.settings, (addresses[0], 500), (addresses[1], 500), self.now
         )
         self._collect()
 

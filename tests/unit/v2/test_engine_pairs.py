@@ -551,3 +551,29 @@ def test_ipv6_outer_and_inner() -> None:
     net.pump()
     a, _ = child_pair(net)
     assert str(a.local_ts[0]) == "2001:db8:10::/64"
+
+
+def test_ipv6_outer_addresses() -> None:
+    p1 = phase1(local_id="2001:db8::1", remote_id="2001:db8::2", local_addr="2001:db8::1", remote_addr="2001:db8::2")
+    s = EngineSettings(fragment_size=400, extra={"ikev2_cookie_guard": CookieGuard()})
+    net = pair(p1, [phase2(proposals=tuple(ESP_PROPOSALS))], settings=s, addresses=("2001:db8::1", "2001:db8::2"))
+    net.pump()
+    ei, er = established(net)
+    assert ei.remote == ("2001:db8::2", 500) and er.remote == ("2001:db8::1", 500)
+    assert not ei.nat_local and not er.nat_remote
+    assert all(len(d.data) <= 400 - 48 for _, d in net.wire)
+    child_pair(net)
+
+
+def test_ah_child() -> None:
+    p2 = phase2(protocol="ah", proposals=(EspProposal("aes-cbc", 128, "hmac-sha2-256-128"),))
+    net = pair(p2s=[p2])
+    net.pump()
+    a, b = child_pair(net)
+    assert a.protocol == b.protocol == "ah"
+    assert a.inbound.enc_key == b"" and len(a.inbound.integ_key) == 32
+    assert net.i.engine is not None
+    net.i.engine.rekey_child(a.child_id, net.now)
+    net.pump()
+    assert child_pair(net)[0].rekey_of == a.child_id
+    assert net.r.of(ChildSaDeleted)[0].child_id == b.child_id

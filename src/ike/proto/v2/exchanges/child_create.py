@@ -178,7 +178,8 @@ def process_response(
             notify="TS_UNACCEPTABLE",
         )
         return None
-    transport = msg.notify(n.USE_TRANSPORT_MODE) is not None
+    # Transport only when we asked and the responder agreed (it may not impose it).
+    transport = p2.policy.mode == "transport" and msg.notify(n.USE_TRANSPORT_MODE) is not None
     if p2.policy.mode == "transport" and not transport:
         eng.fail(
             sa,
