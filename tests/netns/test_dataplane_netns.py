@@ -323,3 +323,51 @@ def test_iperf3_throughput_aes_gcm_128(capsys: pytest.CaptureFixture[str]) -> No
             print(f"\n[dataplane] iperf3 TCP through userspace ESP (aes-gcm-16-128, ESP-in-UDP): {mbit:.0f} Mbit/s")
         assert mbit > 20, rep["end"]
         assert res["b"]["dropped_in"] == 0, res
+
+
+def test_daemon_owned_socket_api() -> None:
+    """receive_udp_esp / set_udp_sender: the daemon keeps port 4500 and hands ESP over."""
+    with two_hosts() as (a, b):
+        with tunnel(a, b, [a.inner_net4], [b.inner_net4], (a.outer4, b.outer4), extra=["--daemon-socket"]) as res:
+            with capture(b, "veth0", "udp port 4500 or icmp or tcp") as cap:
+                assert a.ping(b.inner4, count=3, src=a.inner4).returncode == 0
+                _tcp_transfer(a, b, b.inner4, a.inner4, 300_000)
+            _only_esp(cap.packets, a.outer4, b.outer4, True)
+        assert res["b"]["bytes_in"] >= 300_000 and res["a"]["dropped_in"] == 0, res
+
+
+def test_byte_lifetime_soft_then_hard_stops_traffic() -> None:
+    with two_hosts() as (a, b):
+        with tunnel(a, b, [a.inner_net4], [b.inner_net4], (a.outer4, b.outer4), extra=["--lifetime-kb", "64"]) as res:
+            assert a.ping(b.inner4, count=1, src=a.inner4).returncode == 0
+            # 70 pings of 1000 bytes: past 90% (soft) and 100% (hard) of 64 KiB on both SAs
+            a.run(["ping", "-n", "-q", "-c", "70", "-i", "0.01", "-s", "1000", "-I", a.inner4, b.inner4], check=False)
+            assert a.ping(b.inner4, count=2, src=a.inner4, timeout=6).returncode != 0
+        assert res["a"]["expiries"] == [[1, "soft"], [1, "hard"]], res
+        assert 60_000 <= res["a"]["bytes_out"] <= 66_000, res
+
+
+def test_host_to_host_ike_socket_bypasses_the_tunnel() -> None:
+    """With the peer's own address routed into the tunnel, a socket given to bypass_socket() still
+    reaches the peer directly (IKE on port 500), while the same datagram from an ordinary socket is
+    carried inside ESP."""
+    send = (
+        "import socket,sys\n"
+        "from ike.dataplane.userspace import UserspaceDataPlane\n"
+        "for marked in (True, False):\n"
+        "    s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n"
+        "    if marked: UserspaceDataPlane().bypass_socket(s)\n"
+        "    s.bind((sys.argv[1], 0)); s.sendto(b'IKE!' * 10, (sys.argv[2], 500)); s.close()\n"
+    )
+    with two_hosts() as (a, b):
+        with (
+            tunnel(a, b, [f"{a.outer4}/32"], [f"{b.outer4}/32"], (a.outer4, b.outer4)),
+            capture(b, "veth0", "udp") as cap,
+        ):
+            a.run([sys.executable, "-c", send, a.outer4, b.outer4], env=_ENV)
+            time.sleep(0.3)
+        # (b answers "port unreachable" through the tunnel: look at what a sent)
+        kinds = sorted(p.kind for p in cap.packets if p.src == a.outer4)
+        assert kinds == ["esp-in-udp", "ike"], cap.packets
+        (ike,) = [p for p in cap.packets if p.kind == "ike"]
+        assert ike.dport == 500 and ike.src == a.outer4

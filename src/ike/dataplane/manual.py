@@ -21,6 +21,7 @@ import os
 import signal
 import socket
 import sys
+from typing import Any
 
 from ike.dataplane.base import DataPlaneError
 from ike.dataplane.userspace import DEFAULT_MTU, DEFAULT_TUN, UserspaceDataPlane
@@ -101,6 +102,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--lifetime-s", type=int, default=3600)
     p.add_argument("--lifetime-kb", type=int, default=0)
     p.add_argument("--child-id", type=int, default=1)
+    p.add_argument(
+        "--daemon-socket",
+        action="store_true",
+        help="own the port-4500 socket as the daemon would (receive_udp_esp/set_udp_sender) instead of attaching it",
+    )
     p.add_argument("--profile", metavar="FILE", help="write a cProfile of the run to FILE (%%p: the process id)")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
@@ -112,13 +118,17 @@ async def run(a: argparse.Namespace) -> int:
     expiries: list[tuple[int, str]] = []
     dp.set_expiry_callback(lambda cid, kind: expiries.append((cid, kind)))
     sock: socket.socket | None = None
+    transport: asyncio.DatagramTransport | None = None
     await dp.start()
     try:
         if a.udp:
             fam = socket.AF_INET6 if ipaddress.ip_address(a.local).version == 6 else socket.AF_INET
             sock = socket.socket(fam, socket.SOCK_DGRAM)
             sock.bind((a.local, 4500))
-            dp.attach_udp_socket(sock, lambda data, local, remote: None)
+            if a.daemon_socket:
+                transport = await _daemon_style_socket(dp, sock)
+            else:
+                dp.attach_udp_socket(sock, lambda data, local, remote: None)
         dp.install(child)
         print("ready", flush=True)
         stop = asyncio.Event()
@@ -137,9 +147,27 @@ async def run(a: argparse.Namespace) -> int:
         print(json.dumps(report), flush=True)
     finally:
         await dp.close()
-        if sock is not None:
+        if transport is not None:
+            transport.close()
+        elif sock is not None:
             sock.close()
     return 0
+
+
+async def _daemon_style_socket(dp: UserspaceDataPlane, sock: socket.socket) -> asyncio.DatagramTransport:
+    """What the daemon does when it keeps port 4500 to itself: bypass mark, hand ESP over, lend a sender."""
+    dp.bypass_socket(sock)
+    local = sock.getsockname()[:2]
+
+    class Proto(asyncio.DatagramProtocol):
+        def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
+            if len(data) > 8 and data[:4] != b"\0\0\0\0":  # not the non-ESP marker: ESP
+                dp.receive_udp_esp(data, (local[0], local[1]), (str(addr[0]), addr[1]))
+
+    loop = asyncio.get_running_loop()
+    transport, _ = await loop.create_datagram_endpoint(Proto, sock=sock)
+    dp.set_udp_sender(lambda data, _local, remote: transport.sendto(data, remote))
+    return transport
 
 
 def main(argv: list[str] | None = None) -> int:
