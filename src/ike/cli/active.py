@@ -21,12 +21,19 @@ EXIT_NOT_RUNNING = 3
 EXIT_NOT_ROOT = 4
 
 WAIT_TIMEOUT_S = 60.0
+WAIT_PER_TUNNEL_S = 0.5
+WAIT_MAX_S = 3600.0
 
 Requester = Callable[[str, dict[str, Any], float | None], Any]
 
 
 def _default_request(op: str, args: dict[str, Any], timeout: float | None) -> Any:
     return client.request(op, args, timeout=timeout)
+
+
+def wait_timeout(cmd: Command) -> float:
+    count = len(cmd.numlist or ()) + len(cmd.namelist or ())
+    return min(WAIT_MAX_S, WAIT_TIMEOUT_S + WAIT_PER_TUNNEL_S * count)
 
 
 def to_request(cmd: Command) -> tuple[str, dict[str, Any]]:
@@ -44,7 +51,9 @@ def to_request(cmd: Command) -> tuple[str, dict[str, Any]]:
         if cmd.ipaddr is not None:
             args["ipaddr"] = list(cmd.ipaddr)
         if cmd.wait:
-            args["timeout"] = WAIT_TIMEOUT_S
+            # Each negotiation ends on its own (established, refused or retransmissions exhausted);
+            # the limit only guards against a daemon that never answers, so it grows with the count.
+            args["timeout"] = wait_timeout(cmd)
         return "activate", args
     if cmd.cmd == "list":
         return "list", {
@@ -79,7 +88,7 @@ def run(cmd: Command, request: Requester | None = None, out: TextIO | None = Non
         )
         return EXIT_FAILED
     op, args = to_request(cmd)
-    timeout = WAIT_TIMEOUT_S + 15 if cmd.wait else 30.0
+    timeout = wait_timeout(cmd) + 15 if cmd.wait else 120.0
     try:
         result = req(op, args, timeout)
     except client.NotRoot as e:

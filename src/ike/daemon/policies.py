@@ -77,6 +77,7 @@ class IndexedPolicies:
         self._by_addr: dict[tuple[str, str], list[Phase1Tunnel]] = {}
         self._by_remote_id: dict[tuple[int, str], list[Phase1Tunnel]] = {}
         self._p2_by_remote_ts: dict[tuple[int, int, int], list[Phase2Tunnel]] = {}
+        self._p2_exact: dict[tuple[int, TrafficSelector, TrafficSelector], Phase2Tunnel] = {}
         for p1 in sorted(phase1, key=lambda t: t.number):
             self.p1_by_number[p1.number] = p1
             self.p1_by_name[p1.name] = p1
@@ -87,6 +88,7 @@ class IndexedPolicies:
             self.p2_by_name[p2.name] = p2
             self.p2_under.setdefault(p2.phase1, []).append(p2)
             self._p2_by_remote_ts.setdefault(_ts_key(p2.remote_ts), []).append(p2)
+            self._p2_exact.setdefault((p2.phase1, p2.local_ts, p2.remote_ts), p2)
         for g in groups:
             self.groups[g.name] = g
 
@@ -119,6 +121,10 @@ class IndexedPolicies:
         contains it, else one that overlaps it (the engine narrows). A subnet tunnel must not
         capture a proposal meant for a host tunnel beside it, or the peer's second SA would be
         taken for a rekey of the first."""
+        if local_ts and remote_ts:
+            exact = self._p2_exact.get((phase1.number, local_ts[0], remote_ts[0]))
+            if exact is not None:
+                return exact  # the common case, one dict lookup however many tunnels there are
         best: Phase2Tunnel | None = None
         best_key: tuple[int, int] | None = None
         for p2 in self.p2_under.get(phase1.number, ()):
