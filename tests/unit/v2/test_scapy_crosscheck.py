@@ -40,16 +40,18 @@ HASH = {"hmac-sha2-256-128": ("sha256", 16), "hmac-sha1-96": ("sha1", 12)}
 
 
 def sk_open(msg: bytes, encr: str, ek: bytes, integ: str | None, ak: bytes) -> tuple[int, bytes]:
-    """(first inner payload type, inner payload bytes) of a message whose only payload is SK."""
-    assert msg[16] == 46, "expected an SK payload right after the header"
+    """(first inner payload type, inner payload bytes) of a message whose only payload is SK (46) or
+    SKF (53, RFC 7383: fragment number and total precede the IV and belong to the associated data)."""
+    assert msg[16] in (46, 53), "expected an SK or SKF payload right after the header"
     first = msg[28]
     (plen,) = struct.unpack_from("!H", msg, 30)
     assert 28 + plen == len(msg)
-    body = msg[32:]
+    start = 32 if msg[16] == 46 else 36
+    body = msg[start:]
     if encr in ("aes-gcm-16", "chacha20-poly1305"):
         key, salt = ek[:-4], ek[-4:]
         aead = AESGCM(key) if encr == "aes-gcm-16" else ChaCha20Poly1305(key)
-        padded = aead.decrypt(salt + body[:8], body[8:], msg[:32])
+        padded = aead.decrypt(salt + body[:8], body[8:], msg[:start])
     else:
         assert integ is not None
         h, icv_len = HASH[integ]
@@ -130,6 +132,7 @@ def compare(ours: list[Payload], theirs: list) -> None:  # type: ignore[type-arg
 
 def check_wire(net: Net, keys: dict[bytes, tuple[IkeKeys, IkeProposal]]) -> set[int]:
     exchanges = set()
+    fragments: dict[tuple[object, ...], dict[int, tuple[int, bytes]]] = {}
     for _side, dg in net.wire:
         pkt = s.IKEv2(dg.data)
         h, outer = decode_outer(dg.data)
@@ -145,12 +148,26 @@ def check_wire(net: Net, keys: dict[bytes, tuple[IkeKeys, IkeProposal]]) -> set[
         if h.exchange == 34:
             compare(outer, scapy_chain(h.next_payload, dg.data[28:]))
             continue
-        assert isinstance(outer[0], RawBody) and isinstance(pkt.payload, s.IKEv2_Encrypted)
+        assert isinstance(outer[0], RawBody)
         k, prop = keys[h.spi_i]
         from_i = bool(h.flags & 0x08)
         ek, ak = (k.sk_ei, k.sk_ai) if from_i else (k.sk_er, k.sk_ar)
         first, inner = sk_open(dg.data, prop.encr, ek, prop.integ, ak)
-        compare(decode_chain(first, inner), scapy_chain(first, inner))
+        if h.next_payload == 46:
+            assert isinstance(pkt.payload, s.IKEv2_Encrypted)
+            compare(decode_chain(first, inner), scapy_chain(first, inner))
+            continue
+        frag = pkt.payload
+        assert isinstance(frag, s.IKEv2_Encrypted_Fragment)
+        assert (frag.frag_number, frag.frag_total) == struct.unpack_from("!HH", dg.data, 32)
+        key = (_side, h.spi_i, h.msg_id, bool(h.flags & 0x20))
+        parts = fragments.setdefault(key, {})
+        parts[frag.frag_number] = (first, inner)
+        if len(parts) == frag.frag_total:
+            whole = b"".join(parts[i][1] for i in range(1, frag.frag_total + 1))
+            head = parts[1][0]
+            compare(decode_chain(head, whole), scapy_chain(head, whole))
+            exchanges.add(-1)  # a reassembled message was checked
     return exchanges
 
 
@@ -246,3 +263,56 @@ def test_certificate_messages_parse_with_scapy(tmp_path) -> None:  # type: ignor
                 keys[sa.spi_i] = (sa.keys, sa.proposal)
     assert check_wire(net, keys) == {34, 35}
     assert any(d.data[16] == 46 and len(d.data) > 600 for _, d in net.wire)  # IKE_AUTH with a certificate
+
+
+def test_error_replies_cookies_and_fragments_parse_with_scapy() -> None:
+    """COOKIE, INVALID_KE_PAYLOAD, TS_UNACCEPTABLE, NO_PROPOSAL_CHOSEN (child), AUTHENTICATION_FAILED
+    notifies and SKF fragments (RFC 7383) as scapy reads them."""
+    from ike.proto.api import EngineSettings, NegotiationFailed
+    from ike.proto.v2 import CookieGuard
+
+    g31 = IkeProposal("aes-gcm-16", 256, None, "hmac-sha2-256", 31)
+    g19 = IkeProposal("aes-cbc", 256, "hmac-sha2-256-128", "hmac-sha2-256", 19)
+    p1 = phase1(proposals=(g31, g19))
+    r1 = mirror1(p1, policy=phase1(proposals=(g19,)).policy)
+    esp = (EspProposal("aes-gcm-16", 256, None),)
+    p2 = phase2(proposals=esp * 1)
+    bad_ts = phase2(2, local="198.18.90.0/24", remote="198.18.91.0/24", proposals=esp)
+    bad_prop = phase2(3, local="198.18.11.0/24", remote="198.18.21.0/24", proposals=esp)
+    st = EngineSettings(half_open_cookie_threshold=0, fragment_size=200, extra={"ikev2_cookie_guard": CookieGuard()})
+    r_bad_prop = mirror2(bad_prop, policy=phase2(proposals=(EspProposal("aes-cbc", 128, "hmac-sha1-96"),)).policy)
+    net = Net(p1, [p2, bad_ts, bad_prop], Policies([p1], [p2]), Policies([r1], [mirror2(p2), r_bad_prop]),
+              settings=st)  # fmt: skip
+    net.pump()
+    keys: dict[bytes, tuple[IkeKeys, IkeProposal]] = {}
+    for e in (net.i.engine, net.r.engine):
+        assert e is not None
+        for sa in e._sas.values():
+            if sa.keys is not None and sa.proposal is not None:
+                keys[sa.spi_i] = (sa.keys, sa.proposal)
+    notes = {f.notify for f in net.i.of(NegotiationFailed)}
+    assert notes == {"TS_UNACCEPTABLE", "NO_PROPOSAL_CHOSEN"}
+    assert check_wire(net, keys) >= {34, 35, 36, -1}
+    sent = [scapy_chain(d.data[16], d.data[28:]) for _, d in net.wire if d.data[18] == 34 and d.data[19] & 0x20]
+    seen = {p.type for chain in sent for p in chain if isinstance(p, s.IKEv2_Notify)}
+    assert {16390, 17} <= seen  # COOKIE, INVALID_KE_PAYLOAD
+    # Reject the responder's identity to get the INFORMATIONAL with AUTHENTICATION_FAILED.
+    p1b = phase1(remote_id="someone.else")
+    keys2: dict[bytes, tuple[IkeKeys, IkeProposal]] = {}
+
+    def grab(n: int, dg) -> bool:  # type: ignore[no-untyped-def]
+        if net2.r.engine is not None:  # the responder still holds the SA when the notify leaves
+            for sa in net2.r.engine._sas.values():
+                if sa.keys is not None and sa.proposal is not None:
+                    keys2[sa.spi_i] = (sa.keys, sa.proposal)
+        return False
+
+    net2 = Net(p1b, [p2], Policies([p1b], [p2]), Policies([mirror1(p1b, local_id=p1.remote_id)], [mirror2(p2)]),
+               drop=grab)  # fmt: skip
+    net2.pump()
+    assert check_wire(net2, keys2) == {34, 35, 37}
+    info = next(d for _, d in net2.wire if d.data[18] == 37)
+    k, prop = keys2[info.data[:8]]
+    first, inner = sk_open(info.data, prop.encr, k.sk_ei, prop.integ, k.sk_ai)
+    (notify,) = scapy_chain(first, inner)
+    assert isinstance(notify, s.IKEv2_Notify) and notify.type == 24  # AUTHENTICATION_FAILED
