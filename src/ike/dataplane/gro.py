@@ -78,7 +78,7 @@ class _Chain:
         self.opts = pkt[ihl + 20 : ihl + thl]  # must be identical in later segments (timestamps too)
         self.mss = plen
         self.next_seq = (seq + plen) & 0xFFFFFFFF
-        self.parts: list[bytes | memoryview] = [memoryview(pkt)[ihl + thl :]]
+        self.parts: list[bytes] = [pkt]
         self.total = plen
         self.psh = bool(pkt[ihl + 13] & _TCP_PSH)
         self.short = False
@@ -92,10 +92,11 @@ class Coalescer:
         self._writev = writev
         self._chains: dict[bytes, _Chain] = {}
         self.merged = 0  # segments that went out inside a larger packet
+        self.enabled = True  # cleared if the kernel refuses a merged packet
 
     def add(self, pkt: bytes) -> None:
         n = len(pkt)
-        if n < 40:
+        if n < 40 or not self.enabled:
             return self._plain(pkt)
         if pkt[0] == 0x45:  # IPv4 without options
             _vi, tos, frag, ttl, proto = _V4.unpack_from(pkt)
@@ -126,7 +127,7 @@ class Coalescer:
                 and c.total + plen <= _MAX_TOTAL
                 and (thl == 20 or pkt[ihl + 20 : ihl + thl] == c.opts)
             ):
-                c.parts.append(memoryview(pkt)[ihl + thl :])
+                c.parts.append(pkt)
                 c.total += plen
                 c.next_seq = (seq + plen) & 0xFFFFFFFF
                 c.n += 1
@@ -175,5 +176,15 @@ class Coalescer:
             tcp[16:18] = pseudo_header_sum(first[12:16], first[16:20], 6, l4len).to_bytes(2, "big")
             gso = VIRTIO_NET_HDR_GSO_TCPV4
         hdr = VNET_HDR.pack(VIRTIO_NET_HDR_F_NEEDS_CSUM, gso, ihl + thl, c.mss, ihl, 16)
-        self._writev([hdr, ip, tcp, *c.parts])
+        cut = ihl + thl
+        try:
+            self._writev([hdr, ip, tcp, *(memoryview(p)[cut:] for p in c.parts)])
+        except OSError:
+            if not self.enabled:
+                raise
+            # A kernel that refuses GSO packets from a TUN device: write segments as they came, from now on.
+            self.enabled = False
+            for p in c.parts:
+                self._writev((PLAIN, p))
+            return
         self.merged += c.n

@@ -152,3 +152,22 @@ def test_different_options_do_not_merge() -> None:
     g.add(seg(1 + MSS, opts=False))
     g.flush()
     assert len(sink.out) == 2 and all(o.startswith(PLAIN) for o in sink.out)
+
+
+def test_kernel_refusing_gso_gets_the_segments_unmerged() -> None:
+    written: list[bytes] = []
+
+    def writev(bufs: Sequence[bytes | bytearray | memoryview]) -> None:
+        data = b"".join(bytes(b) for b in bufs)
+        if VNET_HDR.unpack_from(data)[1]:  # a GSO packet
+            raise OSError(22, "Invalid argument")
+        written.append(data)
+
+    g = Coalescer(writev)
+    segs = [seg(1 + i * MSS) for i in range(3)]
+    for s in segs:
+        g.add(s)
+    g.flush()
+    assert written == [PLAIN + s for s in segs] and not g.enabled
+    g.add(segs[0])  # from now on packets go straight through
+    assert written[-1] == PLAIN + segs[0]
