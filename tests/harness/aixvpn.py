@@ -7,7 +7,11 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 from xml.sax.saxutils import quoteattr
+
+if TYPE_CHECKING:
+    from .strongswan import Conn
 
 
 @dataclass(frozen=True)
@@ -46,6 +50,20 @@ class Tunnel:
     encapsulation: str = "Tunnel"  # Tunnel | Transport
     name: str = "t"
     autostart: bool = False
+    # Authentication: "psk", or certificates with "rsa" / "ecdsa" (then cert, key and ca are needed).
+    auth: str = "psk"
+    # Phase 1 identities: an address, a DN ("CN=gw,O=x" RFC 4514), user@fqdn or an FQDN; None = the gateway.
+    local_id: str | None = None
+    remote_id: str | None = None
+    cert: str | None = None
+    key: str | None = None
+    ca: str | None = None
+    peer_cert: str | None = None  # the other end's files, for swapped()
+    peer_key: str | None = None
+    ike_lifetime_s: int = 28800
+    esp_lifetime_s: int = 3600
+    dpd_delay_s: int | None = None  # None: the database default
+    dpd_action: str | None = None  # clear | restart | hold; None: the database default
 
     def swapped(self) -> Tunnel:
         from dataclasses import replace
@@ -56,12 +74,30 @@ class Tunnel:
             remote_gw=self.local_gw,
             local_net=self.remote_net,
             remote_net=self.local_net,
+            local_id=self.remote_id,
+            remote_id=self.local_id,
+            cert=self.peer_cert,
+            key=self.peer_key,
+            peer_cert=self.cert,
+            peer_key=self.key,
         )
+
+    @property
+    def local_identity(self) -> str:
+        return self.local_id or self.local_gw
+
+    @property
+    def remote_identity(self) -> str:
+        return self.remote_id or self.remote_gw
 
     # -- our side ---------------------------------------------------------------------------------------
     def xml(self) -> str:
         def addr_el(a: str) -> str:
-            v = ipaddress.ip_address(a).version
+            try:
+                v = ipaddress.ip_address(a).version
+            except ValueError:
+                kind = "X500DN" if "=" in a else "User_FQDN" if "@" in a else "FQDN"
+                return f"<{kind} Value={quoteattr(a)}/>"
             return f"<IPV{v}_Address Value={quoteattr(a)}/>"
 
         def net_el(n: str) -> str:
@@ -88,31 +124,95 @@ class Tunnel:
                 f"\n    <IPSecLocalIdentity>{net_el(self.local_net)}</IPSecLocalIdentity>"
                 f"\n    <IPSecRemoteIdentity>{net_el(self.remote_net)}</IPSecRemoteIdentity>\n  "
             )
+        method = _AUTH_METHOD[self.auth]
+        dpd = ""
+        if self.dpd_delay_s is not None:
+            dpd += f' IKE_DPDDelaySeconds="{self.dpd_delay_s}"'
+        if self.dpd_action is not None:
+            dpd += f' IKE_DPDAction="{self.dpd_action}"'
+        files = ""
+        if self.auth != "psk":
+            if not (self.cert and self.key and self.ca):
+                raise ValueError(f"tunnel {self.name}: {self.auth} authentication needs cert, key and ca")
+            files = (
+                f"\n             IKE_CertificateFile={quoteattr(self.cert)} IKE_PrivateKeyFile={quoteattr(self.key)}"
+                f" IKE_CAFile={quoteattr(self.ca)}"
+            )
+        gws = ""
+        if self.local_id or self.remote_id:
+            gws = (
+                f"\n             IKE_LocalAddress={quoteattr(self.local_gw)}"
+                f" IKE_RemoteAddress={quoteattr(self.remote_gw)}"
+            )
+        psk = ""
+        if self.auth == "psk":
+            psk = f"""
+  <IKEPresharedKey Value={quoteattr(self.psk)}>
+    <PK_Identity>{addr_el(self.remote_identity)}</PK_Identity>
+  </IKEPresharedKey>"""
         return f"""<?xml version="1.0" encoding="UTF-8"?>
 <AIX_VPN Version="2.0">
   <IKEProtection IKE_ProtectionName="{self.name}-ike" IKE_Version="{self.version}"{xchg}
-                 IKE_AuthenticationMethod="Preshared_key" IKE_KeyRefreshSeconds="28800">
+                 IKE_AuthenticationMethod="{method}" IKE_KeyRefreshSeconds="{self.ike_lifetime_s}"{dpd}>
 {ike_ts}
   </IKEProtection>
   <IPSecProtection IPSec_ProtectionName="{self.name}-esp" IPSec_EncapsulationMode="{self.encapsulation}"
-                   IPSec_PFSGroup="{self.pfs or "none"}" IPSec_KeyRefreshSeconds="3600">
+                   IPSec_PFSGroup="{self.pfs or "none"}" IPSec_KeyRefreshSeconds="{self.esp_lifetime_s}">
 {esp_ts}
   </IPSecProtection>
   <IKETunnel IKE_TunnelName="{self.name}" IKE_ProtectionRef="{self.name}-ike"
-             IKE_Flags_AutoStart="{yes[self.autostart]}">
-    <IKELocalIdentity>{addr_el(self.local_gw)}</IKELocalIdentity>
-    <IKERemoteIdentity>{addr_el(self.remote_gw)}</IKERemoteIdentity>
+             IKE_Flags_AutoStart="{yes[self.autostart]}"{gws}{files}>
+    <IKELocalIdentity>{addr_el(self.local_identity)}</IKELocalIdentity>
+    <IKERemoteIdentity>{addr_el(self.remote_identity)}</IKERemoteIdentity>
   </IKETunnel>
   <IPSecTunnel IPSec_TunnelName="{self.name}-child" IKE_TunnelName="{self.name}"
                IPSec_ProtectionRef="{self.name}-esp"
-               IPSec_Flags_AutoStart="{yes[self.autostart]}">{selectors}</IPSecTunnel>
-  <IKEPresharedKey Value={quoteattr(self.psk)}>
-    <PK_Identity>{addr_el(self.remote_gw)}</PK_Identity>
-  </IKEPresharedKey>
+               IPSec_Flags_AutoStart="{yes[self.autostart]}">{selectors}</IPSecTunnel>{psk}
 </AIX_VPN>
 """
 
     # -- strongSwan's side -----------------------------------------------------------------------------
+    def ss_conn(
+        self,
+        start_action: str = "none",
+        options: dict[str, str] | None = None,
+        child_options: dict[str, str] | None = None,
+    ) -> Conn:
+        """This tunnel as a strongSwan connection "ike" with child "net" (call it on the peer's view,
+        `swapped()`). `options`/`child_options` add swanctl settings (lifetimes, DPD, ...)."""
+        from pathlib import Path
+
+        from .strongswan import Child, Conn
+
+        certs: dict[str, Any] = {}
+        if self.auth != "psk":
+            if not (self.cert and self.key and self.ca):
+                raise ValueError(f"tunnel {self.name}: {self.auth} authentication needs cert, key and ca")
+            certs = {"auth": "pubkey", "local_cert": Path(self.cert), "local_key": Path(self.key)}
+            certs["cacerts"] = [Path(self.ca)]
+        return Conn(
+            version=self.version,
+            aggressive=self.mode == "aggressive",
+            local_addrs=[self.local_gw],
+            remote_addrs=[self.remote_gw],
+            local_id=ss_identity(self.local_identity),
+            remote_id=ss_identity(self.remote_identity),
+            psk=self.psk if self.auth == "psk" else None,
+            proposals=self.ss_ike_proposals(),
+            options=dict(options or {}),
+            children=[
+                Child(
+                    local_ts=[self.local_net or "dynamic"],
+                    remote_ts=[self.remote_net or "dynamic"],
+                    esp_proposals=self.ss_esp_proposals(),
+                    mode=self.encapsulation.lower(),
+                    start_action=start_action,
+                    options=dict(child_options or {}),
+                )
+            ],
+            **certs,
+        )
+
     def ss_ike_proposals(self) -> list[str]:
         out = []
         for t in self.ike:
@@ -136,6 +236,19 @@ class Tunnel:
             out.append("-".join(parts))
         return out
 
+
+def ss_identity(identity: str) -> str:
+    """An identity as strongSwan writes it: DNs in DER order ("C=US, O=x, CN=gw"), where RFC 4514
+    text (what our XML takes) lists the most specific part first."""
+    if "=" not in identity:
+        return identity
+    from cryptography import x509
+
+    name = x509.Name.from_rfc4514_string(identity)
+    return ", ".join(attr.rfc4514_string() for rdn in name.rdns for attr in rdn)
+
+
+_AUTH_METHOD = {"psk": "Preshared_key", "rsa": "RSA_signature", "ecdsa": "ECDSA_signature"}
 
 _SS_ENCR: dict[str, Callable[[int], str]] = {
     "aes-cbc": lambda k: f"aes{k}",
