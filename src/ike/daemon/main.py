@@ -147,9 +147,11 @@ class Daemon:
         self._wire_dataplane()
         try:
             udp.start()
-            if self.dataplane is not None and hasattr(self.dataplane, "bypass_socket"):
+            if self.dataplane is not None:
                 for sock in udp.sockets():
                     self.dataplane.bypass_socket(sock)
+                if udp.hand_natt_to(self.dataplane.attach_udp_socket):
+                    log.debug("the data plane reads the NAT-T sockets itself")
         except OSError as e:
             log.error(
                 "cannot listen on %s ports %d/%d: %s", ",".join(self.ns.listen), self.ns.ike_port, self.ns.natt_port, e
@@ -186,8 +188,8 @@ class Daemon:
         manager.shutdown()
         await asyncio.sleep(0.05)  # let the deletes leave
         await self.control.close()
+        await self._close_dataplane()  # first: it may be reading the NAT-T sockets
         udp.close()
-        await self._close_dataplane()
         with contextlib.suppress(OSError):
             pidfile.unlink()
         self.logs.close()

@@ -232,6 +232,26 @@ class UdpServer:
             self.stats.send_errors += 1
             log.debug("send to %s:%d failed: %s", remote[0], remote[1], e)
 
+    def hand_natt_to(self, attach: Callable[[socket.socket, IkeReceiver], None]) -> int:
+        """Let the data plane read the NAT-T sockets itself (it batches ESP-in-UDP and passes
+        everything else back here, marker included). Only for sockets bound to one address, one
+        per family: the data plane neither learns a wildcard socket's local address per datagram
+        nor keeps more than one socket per family. Returns how many were handed over."""
+        natt = [ep for (_a, port), ep in self._specific.items() if port == self.natt_port]
+        if self._wildcard or len({ep.family for ep in natt}) != len(natt):
+            return 0
+        handed = 0
+        for ep in natt:
+            self.loop.remove_reader(ep.sock.fileno())
+            try:
+                attach(ep.sock, self._from_natt_port)
+            except Exception as e:
+                log.debug("data plane does not read %s:%d itself (%s); iked does", ep.addr, ep.port, e)
+                self.loop.add_reader(ep.sock.fileno(), ep._readable)
+                continue
+            handed += 1
+        return handed
+
     def sockets(self) -> list[socket.socket]:
         return [ep.sock for ep in [*self._specific.values(), *self._wildcard.values()]]
 
