@@ -1,0 +1,72 @@
+"""iked's request handler: malformed or unknown arguments are refused with a message, and the
+manager behind it is left as it was."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from test_iked_manager import Net, settle
+
+from ike.daemon.control import RequestError
+from ike.daemon.main import Daemon, parse_args
+
+
+@pytest.fixture
+def daemon(tmp_path: Path) -> Any:
+    loop = asyncio.new_event_loop()
+    net = Net(loop)
+    d = Daemon(parse_args(["--db", str(tmp_path / "x.db"), "--conf", str(tmp_path / "none.conf")]))
+    d.manager = net.a
+    try:
+        yield d, net
+    finally:
+        loop.close()
+
+
+@pytest.mark.parametrize(
+    ("op", "args", "needle"),
+    [
+        ("list", {"phase": "3"}, "phase=3 is not valid for list"),
+        ("list", {"role": "x"}, "role=x"),
+        ("list", {"numlist": ["1"]}, "numlist must be a list of positive tunnel numbers"),
+        ("list", {"numlist": [0]}, "numlist must be a list of positive tunnel numbers"),
+        ("remove", {"phase": "1+"}, "phase=1+ is not valid here"),
+        ("remove", {"phase": "1", "numlist": [42]}, "no active phase 1 tunnel numbered 42"),
+        ("activate", {}, "say which tunnels to activate"),
+        ("activate", {"numlist": [77]}, "no phase 2 tunnel number 77 in the database"),
+        ("activate", {"namelist": "gw", "phase": "1"}, "namelist must be a list of names"),
+        ("activate", {"ipaddr": ["198.18.0.1"]}, "ipaddr must be [src, dst]"),
+        ("activate", {"numlist": [10], "wait": True, "timeout": -1}, "timeout must be between"),
+        ("nonsense", {}, "unknown request 'nonsense'"),
+    ],
+)
+def test_bad_requests_are_refused_and_change_nothing(daemon: Any, op: str, args: dict[str, Any], needle: str) -> None:
+    d, net = daemon
+    net.a.activate(net.pa.by_numbers([10], None), None)
+    settle(net)
+    before = net.a.listing("1+", None, None)
+    with pytest.raises(RequestError) as ei:
+        net.loop.run_until_complete(d.handle(op, args))
+    assert needle in str(ei.value)
+    after = net.a.listing("1+", None, None)
+    assert _summary(after) == _summary(before)
+
+
+def _summary(listing: dict[str, Any]) -> list[Any]:
+    return [(t["tunnel"], t["state"], [(c["tunnel"], c["state"]) for c in t["phase2"]]) for t in listing["tunnels"]]
+
+
+def test_wait_returns_outcomes(daemon: Any) -> None:
+    d, net = daemon
+    out = net.loop.run_until_complete(d.handle("activate", {"numlist": [10, 11], "wait": True, "timeout": 5}))
+    assert out["timed_out"] is False
+    assert [(r["phase"], r["state"]) for r in out["results"]] == [(1, "established"), (2, "established")] + [
+        (2, "established")
+    ]
