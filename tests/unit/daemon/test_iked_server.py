@@ -148,3 +148,43 @@ def _unreachable() -> Any:
 
 def test_send_failures_are_counted_not_raised() -> None:
     assert run_in_private_netns(_unreachable) == 2
+
+
+def _handover() -> Any:
+    handed: list[Any] = []
+    out = {}
+    for listen in ([ME], ["0.0.0.0"], [ME, OTHER]):
+        loop = asyncio.new_event_loop()
+        srv = UdpServer(loop, listen, IKE_PORT, NATT_PORT)
+        srv.start()
+        try:
+            out[",".join(listen)] = srv.hand_natt_to(lambda sock, cb: handed.append((sock.getsockname(), cb)))
+        finally:
+            srv.close()
+            loop.close()
+    # a data plane that refuses: iked keeps reading, and the marker path still works
+    loop = asyncio.new_event_loop()
+    got: list[bytes] = []
+    srv = UdpServer(loop, [ME], IKE_PORT, NATT_PORT, on_ike=lambda d, loc, rem: got.append(d))
+    srv.start()
+    try:
+
+        def refuse(sock: socket.socket, cb: Any) -> None:
+            raise RuntimeError("not here")
+
+        out["refused"] = srv.hand_natt_to(refuse)
+        peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        peer.sendto(NON_ESP_MARKER + b"still-ike", (ME, NATT_PORT))
+        loop.run_until_complete(asyncio.sleep(0.05))
+        peer.close()
+    finally:
+        srv.close()
+        loop.close()
+    return out, [h[0] for h in handed], got
+
+
+def test_natt_sockets_go_to_the_data_plane_only_when_bound_to_one_address() -> None:
+    counts, handed, got = run_in_private_netns(_handover)
+    assert counts == {ME: 1, "0.0.0.0": 0, f"{ME},{OTHER}": 0, "refused": 0}
+    assert handed == [(ME, NATT_PORT)]
+    assert got == [b"still-ike"]
