@@ -602,12 +602,17 @@ class TunnelManager:
             try:
                 self.dataplane.install(dataclasses.replace(ev, child_id=dp_id))
             except Exception as e:
+                # The SA cannot carry traffic: delete it; the tunnel fails unless an older SA of
+                # it (this was a rekey) still runs.
                 log.error("phase 2 tunnel %d: the data plane refused the SA: %s", entry.number, e)
-                entry.last_error = f"data plane refused the SA: {e}"
-                dp_id = None
+                slot.p2_by_child.pop(ev.child_id, None)
                 self._call_nopump(slot, lambda eng: eng.delete_child(ev.child_id, self.now()))
-            else:
-                self.p2_by_dp[dp_id] = (entry, ev.child_id)
+                if not entry.sas:
+                    self._p2_fail(entry, f"the data plane refused the SA: {e}")
+                else:
+                    entry.last_error = f"a rekeyed SA was refused by the data plane: {e}"
+                return
+            self.p2_by_dp[dp_id] = (entry, ev.child_id)
         entry.sas[ev.child_id] = dp_id
         entry.shown[ev.child_id] = ev
         self._show(entry, ev.child_id, self.now(), time.time())

@@ -346,3 +346,16 @@ def test_dead_entries_are_bounded(net: Net, monkeypatch: pytest.MonkeyPatch) -> 
     for i in range(4):
         net.a._dead_p1(p1, f"later {i}")
     assert sum(1 for e in net.a.p1.values() if e.live) == 1 and len(net.a.p1) == 4
+
+
+def test_data_plane_refusal_fails_the_tunnel_with_its_reason(net: Net) -> None:
+    net.a.activate(net.pa.by_numbers([1], 1), 1)
+    settle(net)
+    # the none data plane refuses an id it already holds: make the next install collide
+    net.da.children[net.a._next_dp] = None  # type: ignore[assignment]
+    net.a.activate(net.pa.by_numbers([10], 2), 2)
+    settle(net)
+    (entry,) = net.a.p2.values()
+    assert entry.state == "failed" and "data plane refused the SA" in (entry.last_error or "")
+    assert net.a.p1[1].state == "established"
+    assert not any(e.live for e in net.b.p2.values())  # the peer was told to delete it
