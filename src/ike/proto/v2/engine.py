@@ -95,6 +95,20 @@ _IKE_SPIS: set[bytes] = set()
 _CHILD_SPIS: set[bytes] = set()
 
 
+_spi_pool = bytearray()
+
+
+def _spi_bytes(n: int) -> bytes:
+    """Random SPI bytes from a pool refilled 1 KiB at a time: SPIs need to be unpredictable and
+    unique, and one getrandom call per SPI showed in the responder's profile."""
+    global _spi_pool
+    if len(_spi_pool) < n:
+        _spi_pool = bytearray(os.urandom(1024))
+    out = bytes(_spi_pool[:n])
+    del _spi_pool[:n]
+    return out
+
+
 @dataclass
 class StatelessOutput:
     """Where `Ikev2Engine.respond` puts what it sent and reported when it kept no state."""
@@ -340,14 +354,14 @@ class Ikev2Engine:
 
     def new_ike_spi(self) -> bytes:
         while True:
-            spi = os.urandom(8)
+            spi = _spi_bytes(8)
             if spi != ZERO_SPI and spi not in _IKE_SPIS:
                 _IKE_SPIS.add(spi)
                 return spi
 
     def alloc_child_spi(self) -> bytes:
         while True:
-            spi = os.urandom(4)
+            spi = _spi_bytes(4)
             if int.from_bytes(spi, "big") >= 256 and spi not in _CHILD_SPIS:
                 _CHILD_SPIS.add(spi)
                 return spi
