@@ -32,6 +32,10 @@ PSK = "benchmark pre-shared key 0123456789"
 
 
 def parser(doc: str | None) -> argparse.ArgumentParser:
+    import signal
+
+    # SIGTERM (a killed `make bench`) unwinds like Ctrl-C, so namespaces and daemons are removed.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     p = argparse.ArgumentParser(description=(doc or "").split("\n\n")[0])
     p.add_argument("--tiny", action="store_true", help="smallest run that exercises every path (for make test)")
     return p

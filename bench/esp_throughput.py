@@ -22,6 +22,7 @@ from common import (
     P1,
     P2,
     PSK,
+    Profiler,
     cpu_seconds,
     engine_available,
     find_process,
@@ -35,6 +36,7 @@ from common import (
 )
 
 NAME = "esp-throughput"
+PROFILE: Path | None = None  # --profile DIR: py-spy both iked while iperf3 runs
 
 
 def iperf(client: object, server: object, dst: str, src: str, seconds: float) -> float:
@@ -83,7 +85,10 @@ def iked_round(a: object, b: object, seconds: float) -> tuple[float, tuple[float
         assert ia.proc is not None and ib.proc is not None
         pids = [find_process(ia.proc.pid, "python"), find_process(ib.proc.pid, "python")]
         c0, t0 = [cpu_seconds(x) for x in pids], time.perf_counter()
-        mbit = iperf(a, b, b.inner4, a.inner4, seconds)
+        tx = PROFILE / "esp-iked-sender.txt" if PROFILE else None
+        rx = PROFILE / "esp-iked-receiver.txt" if PROFILE else None
+        with Profiler(pids[0], tx), Profiler(pids[1], rx):
+            mbit = iperf(a, b, b.inner4, a.inner4, seconds)
         wall = time.perf_counter() - t0
         cpu = tuple(100 * (cpu_seconds(x) - c) / wall for x, c in zip(pids, c0, strict=True))
     return mbit, cpu
@@ -165,7 +170,12 @@ def main() -> int:
     p = parser(__doc__)
     p.add_argument("--seconds", type=float, default=None, help="iperf3 time per run (default 10, tiny 1)")
     p.add_argument("--rounds", type=int, default=None, help="alternating iked/charon rounds (default 3, tiny 1)")
+    p.add_argument("--profile", type=Path, metavar="DIR", help="py-spy both iked during their iperf3 runs into DIR")
     a_ = p.parse_args()
+    global PROFILE
+    PROFILE = a_.profile
+    if PROFILE:
+        PROFILE.mkdir(parents=True, exist_ok=True)
     seconds = a_.seconds or (1.0 if a_.tiny else 10.0)
     rounds = a_.rounds or (1 if a_.tiny else 3)
     why = prerequisites("iperf3", "ip")
