@@ -577,3 +577,22 @@ def test_ah_child() -> None:
     net.pump()
     assert child_pair(net)[0].rekey_of == a.child_id
     assert net.r.of(ChildSaDeleted)[0].child_id == b.child_id
+
+
+def test_ike_auth_child_proposal_with_dh_is_accepted(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Some initiators put their PFS group into the IKE_AUTH child proposal; it is ignored there."""
+    from ike.proto.v2.exchanges import child_create
+
+    orig = child_create.ChildOffer.make
+
+    def with_dh(eng, phase2, pfs_group, with_nonce, *a, **kw):  # type: ignore[no-untyped-def]
+        offer = orig(eng, phase2, pfs_group, with_nonce, *a, **kw)
+        offer.pfs_group = offer.pfs_group or 31  # what goes into the SA payload
+        return offer
+
+    monkeypatch.setattr(child_create.ChildOffer, "make", with_dh)
+    net = pair()
+    net.pump()
+    (b,) = net.r.of(ChildSaEstablished)  # (our own initiator, patched, then expects a DH answer)
+    assert b.pfs_group == 0
+    assert not net.r.of(NegotiationFailed)

@@ -72,7 +72,9 @@ def choose_ike(ours: Sequence[IkeProposal], theirs: Sequence[Proposal]) -> tuple
     return None
 
 
-def esp_matches(ours: EspProposal, pfs_group: int, prop: Proposal, protocol: int = w.PROTO_ESP) -> bool:
+def esp_matches(
+    ours: EspProposal, pfs_group: int, prop: Proposal, protocol: int = w.PROTO_ESP, ignore_dh: bool = False
+) -> bool:
     if prop.protocol != protocol:
         return False
     if protocol == w.PROTO_ESP and not _has(prop, _encr_transform(ours.encr, ours.encr_keylen)):
@@ -80,7 +82,9 @@ def esp_matches(ours: EspProposal, pfs_group: int, prop: Proposal, protocol: int
     if not _integ_ok(prop, ours.integ):
         return False
     dhs = prop.of_type(w.DH)
-    if pfs_group:
+    if ignore_dh:
+        pass
+    elif pfs_group:
         if Transform(w.DH, pfs_group) not in dhs:
             return False
     elif dhs and not any(t.id == 0 for t in dhs):
@@ -90,11 +94,17 @@ def esp_matches(ours: EspProposal, pfs_group: int, prop: Proposal, protocol: int
 
 
 def choose_esp(
-    ours: Sequence[EspProposal], pfs_group: int, theirs: Sequence[Proposal], protocol: int = w.PROTO_ESP
+    ours: Sequence[EspProposal],
+    pfs_group: int,
+    theirs: Sequence[Proposal],
+    protocol: int = w.PROTO_ESP,
+    ignore_dh: bool = False,
 ) -> tuple[EspProposal, Proposal] | None:
+    """`ignore_dh` for IKE_AUTH, where a DH transform means nothing (RFC 7296 §1.2) but some
+    initiators still send their PFS group."""
     for mine in ours:
         for prop in theirs:
-            if esp_matches(mine, pfs_group, prop, protocol) and len(prop.spi) == 4:
+            if esp_matches(mine, pfs_group, prop, protocol, ignore_dh) and len(prop.spi) == 4:
                 return mine, prop
     return None
 

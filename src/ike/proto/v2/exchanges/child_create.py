@@ -281,7 +281,7 @@ def negotiate_r(
     pol = p2.policy
     pfs = 0 if in_ike_auth else pol.pfs_group
     proto = proto_number(p2)
-    choice = props.choose_esp(pol.proposals, pfs, sap.proposals, proto)
+    choice = props.choose_esp(pol.proposals, pfs, sap.proposals, proto, ignore_dh=in_ike_auth)
     if choice is None:
         eng.fail(
             sa,
