@@ -32,7 +32,7 @@ class Case:
     initiator: str  # "ours" | "peer"
     suite: str
     window_s: float  # how long the pings run
-    ours: dict[str, int] = field(default_factory=dict)  # ike_lifetime_s / esp_lifetime_s
+    ours: dict[str, Any] = field(default_factory=dict)  # ike_lifetime_s / esp_lifetime_s
     ss_ike: dict[str, str] = field(default_factory=dict)  # charon connection options
     ss_child: dict[str, str] = field(default_factory=dict)  # charon child options
     child_rekeys: int = 1  # at least this many CHILD SA generations after the first
