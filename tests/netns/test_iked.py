@@ -298,11 +298,12 @@ def test_remid_ipaddr_namelist_and_phase1_only(hosts: tuple[Host, Host]) -> None
         assert text.count("Responder") == 4  # a phase 1 line before each of the two phase 2 lines
 
 
-def test_phase1_removal_v1_children_run_on_unrefreshed(hosts: tuple[Host, Host]) -> None:
-    need_engine(1)
+@pytest.mark.parametrize("version", [1, 2])
+def test_phase1_removal_children_run_on_unrefreshed(hosts: tuple[Host, Host], version: int) -> None:
+    need_engine(version)
     a, b = hosts
     with Iked(a) as ia, Iked(b) as ib:
-        up(ia, ib, a, b, 1)
+        up(ia, ib, a, b, version)
         ia.ike("cmd=remove", "phase=1", "all")
         time.sleep(0.3)
         tun = listing(ia)["tunnels"]
@@ -446,3 +447,23 @@ def test_rekeys_keep_tunnel_numbers_and_traffic(hosts: tuple[Host, Host], versio
         ping = a.ping(b.inner4, count=3, src=a.inner4)
         assert ping.returncode == 0, ia.log(40)
         assert ia.alive() and ib.alive()
+
+
+def test_phase1_removal_v2_ike_sa_goes_with_the_last_child(hosts: tuple[Host, Host]) -> None:
+    need_engine(2)
+    a, b = hosts
+    with Iked(a) as ia, Iked(b) as ib:
+        up(ia, ib, a, b, 2, p1life=600, p2life=4)
+        ia.ike("cmd=remove", "phase=1", "numlist=1")
+        assert [t.get("phase") for t in listing(ia)["tunnels"]] == [2]  # phase 1 unlisted, phase 2 runs
+        assert listing(ib)["tunnels"][0]["state"] == "established"  # the peer still has both
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            tb = listing(ib)["tunnels"]
+            if tb and tb[0]["state"] != "established":
+                break
+            time.sleep(0.3)
+        ta = listing(ia)["tunnels"]
+        assert not [t for t in ta if t["state"] == "established"], ta
+        assert ta[0]["rekeys"] == 0  # it was not refreshed
+        assert tb[0]["state"] == "deleted", json.dumps(tb, indent=1) + ib.log(30)

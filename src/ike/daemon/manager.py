@@ -185,6 +185,9 @@ class Slot:
     queued_children: list[Phase2Tunnel] = field(default_factory=list)
     dead: bool = False
     pumping: bool = False
+    # IKEv2 phase 1 removed by the administrator while phase 2 SAs ran under it: the IKE SA stays,
+    # unlisted, only so that they run on until they expire (child SAs cannot outlive it).
+    detached: bool = False
 
 
 @dataclass
@@ -491,6 +494,8 @@ class TunnelManager:
         entry.last_error = None
         slot.p1_by_sa[ev.sa_id] = entry
         slot.remote = ev.remote
+        if slot.detached:
+            return  # an unlisted IKE SA kept for its children (see _remove_p1): rekeyed, not revived
         peer = (ev.remote[0], entry.remote_id)
         if getattr(ev, "initial_contact", False) and ev.rekey_of is None:
             # The peer restarted (RFC 7296 §2.4): whatever we still hold with it is stale.
@@ -567,6 +572,11 @@ class TunnelManager:
 
     def _on_child_up(self, slot: Slot, ev: ChildSaEstablished) -> None:
         entry: P2Entry | None = None
+        if slot.detached and ev.rekey_of is not None:
+            # Not refreshed (its phase 1 was removed): the old SA runs until it expires.
+            log.info("phase 2 SA %s: not refreshed (its phase 1 was removed); deleting the new one", ev.rekey_of)
+            self._call_nopump(slot, lambda eng: eng.delete_child(ev.child_id, self.now()))
+            return
         if ev.rekey_of is not None:
             entry = slot.p2_by_child.get(ev.rekey_of)
             if entry is None:
@@ -770,7 +780,19 @@ class TunnelManager:
             log.info("phase 2 tunnel %d: peer offered %s", e.number, line)
         _resolve(e.waiters)
 
+    def _after_child_gone(self, slot: Slot | None) -> None:
+        if slot is not None and slot.detached and not slot.dead and not any(c.live for c in slot.p2_by_child.values()):
+            slot.detached = False
+            self.loop.call_soon(self._delete_detached, slot)
+
+    def _delete_detached(self, slot: Slot) -> None:
+        log.info("the last phase 2 SA under a removed phase 1 ended; deleting its IKE SA")
+        self._call(slot, lambda eng: eng.delete(self.now()))
+        if not slot.dead and not slot.engine.is_established():
+            self._drop_slot(slot, "deleted locally")
+
     def _p2_gone(self, e: P2Entry, reason: str) -> None:
+        slot = e.slot
         self._died(e)
         e.state = "expired" if "expire" in reason else "deleted"
         if e.state == "deleted" and not e.removing:
@@ -787,6 +809,7 @@ class TunnelManager:
         _resolve(e.waiters)
         if e.removing:
             self._forget_p2(e)
+        self._after_child_gone(slot)
 
     def _unlive_p2(self, e: P2Entry) -> None:
         if e.definition is not None and self.p2_live_by_def.get(e.definition.number) is e:
@@ -1009,9 +1032,25 @@ class TunnelManager:
             r["status"] = "forgotten"
             return r
         e.removing = True
+        slot = e.slot
+        for c in slot.p2_by_child.values():
+            c.refresh = False
         for c in e.children.values():
             c.refresh = False
-        slot = e.slot
+        running = {id(c) for c in slot.p2_by_child.values() if c.live}
+        if e.version == 2 and e.state == "established" and running:
+            # The AIX semantics (phase 2 runs on until it expires, not refreshed) within RFC 7296:
+            # keep the IKE SA but no longer list or use it; delete it with its last child SA.
+            slot.detached = True
+            self._unlive_p1(e)
+            self._forget_p1(e)
+            log.info(
+                "phase 1 tunnel %d removed; its IKE SA stays unlisted until its %d phase 2 SA(s) expire",
+                e.number,
+                len(running),
+            )
+            r["status"] = "removed"
+            return r
         log.info("phase 1 tunnel %d: removing on request", e.number)
         if e.state == "negotiating":
             # Nothing established to delete: tell the engine (it may send what it can), then drop

@@ -212,31 +212,52 @@ def test_remove_unknown_number_is_a_clear_error(net: Net) -> None:
         net.a.remove(2, [3])
 
 
-def test_remove_phase1_v2_takes_children_v1_lets_them_run_unrefreshed() -> None:
+@pytest.mark.parametrize("version", [1, 2])
+def test_remove_phase1_lets_children_run_unrefreshed_until_they_expire(version: int) -> None:
     loop = asyncio.new_event_loop()
     try:
-        for version in (2, 1):
-            n = Net(loop, version)
-            n.a.activate(n.pa.by_numbers([10], None), None)
-            settle(n)
-            n.a.remove(1, [1])
-            settle(n)
-            assert 1 not in n.a.p1
-            if version == 2:
-                assert not n.da.children and not any(e.live for e in n.a.p2.values())
-            else:
-                (child,) = n.a.p2.values()
-                assert child.live and child.refresh is False and len(n.da.children) == 1
-                # listed as an orphan under 1+ and shown as not refreshed
-                rec = n.a.listing("1+", None, None)["tunnels"]
-                assert rec[0]["phase"] == 2 and rec[0]["refresh"] is False
-                # the data plane's soft expiry does not rekey it; the hard one removes it
-                n.a.on_dataplane_expire(child.dp_id or 0, hard=False)
-                assert child.rekeys == 0
-                n.a.on_dataplane_expire(child.dp_id or 0, hard=True)
-                assert not n.da.children and child.state == "expired"
+        n = Net(loop, version)
+        n.a.activate(n.pa.by_numbers([10], None), None)
+        settle(n)
+        n.a.remove(1, [1])
+        settle(n)
+        assert 1 not in n.a.p1
+        (child,) = n.a.p2.values()
+        assert child.live and child.refresh is False and len(n.da.children) == 1
+        # listed as an orphan under 1+ and shown as not refreshed
+        rec = n.a.listing("1+", None, None)["tunnels"]
+        assert rec[0]["phase"] == 2 and rec[0]["refresh"] is False
+        # a new activation makes a new phase 1, it does not revive the removed one
+        n.a.activate(n.pa.by_numbers([1], 1), 1)
+        settle(n)
+        assert [e.number for e in n.a.p1.values() if e.live] == [2]
+        # the data plane's soft expiry does not rekey it; the hard one removes it
+        n.a.on_dataplane_expire(child.dp_id or 0, hard=False)
+        assert child.rekeys == 0
+        n.a.on_dataplane_expire(child.dp_id or 0, hard=True)
+        settle(n)
+        assert not n.da.children and child.state == "expired"
+        if version == 2:
+            # the unlisted IKE SA went with its last child: b saw it deleted
+            assert next(e.state for e in n.b.p1.values()) == "deleted"
     finally:
         loop.close()
+
+
+def test_remove_phase1_v2_child_rekey_is_refused(net: Net) -> None:
+    net.a.activate(net.pa.by_numbers([10], None), None)
+    settle(net)
+    net.a.remove(1, [1])
+    (slot,) = net.a.slots.values()
+    (child,) = net.a.p2.values()
+    old_spi = child.spi_in
+    # the engine rekeys on its own (the toy replaces and deletes the old SA at once)
+    slot.engine.rekey_child(child.child_id or 0, net.a.now())
+    net.a._pump(slot)
+    settle(net)
+    assert child.rekeys == 0 and child.spi_in == old_spi  # the new SA was not taken on
+    assert child.state == "deleted" and not net.da.children
+    assert not net.a.slots  # and the IKE SA went with its last child
 
 
 def test_dataplane_soft_expiry_rekeys_and_keeps_tunnel_number(net: Net) -> None:
