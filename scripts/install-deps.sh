@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(strongswan-charon strongswan-swanctl libcharon-extra-plugins libstrongswan-extra-plugins
-              libstrongswan-standard-plugins iperf3 iputils-ping tcpdump iproute2 procps)
+              libstrongswan-standard-plugins iperf3 iputils-ping tcpdump iproute2 procps nftables)
 PYTHON="${PYTHON:-python3}"
 
 log() { printf '== %s\n' "$*"; }

@@ -371,3 +371,56 @@ def test_host_to_host_ike_socket_bypasses_the_tunnel() -> None:
         assert kinds == ["esp-in-udp", "ike"], cap.packets
         (ike,) = [p for p in cap.packets if p.kind == "ike"]
         assert ike.dport == 500 and ike.src == a.outer4
+
+
+_MARK = str(0x494B45)  # the data plane's bypass mark: a ping carrying it skips the tunnel's routing rule
+
+
+def _bypass_ping(b: Host, dst: str, src: str, via: str) -> subprocess.CompletedProcess[str]:
+    """From b, a cleartext ping to `dst` from `src` that goes straight over the veth (not the tunnel)."""
+    v = "-6" if ":" in dst else "-4"
+    prefix = f"{dst}/{128 if ':' in dst else 32}"
+    b.run(["ip", v, "route", "replace", prefix, "via", via, "dev", "veth0"])
+    return b.run(["ping", v, "-n", "-c", "2", "-i", "0.2", "-W", "1", "-m", _MARK, "-I", src, dst], check=False)
+
+
+def _drops(host: Host) -> int:
+    """Packets counted by the drop rules of the data plane's nftables table."""
+    out = host.run(["nft", "-j", "list", "table", "inet", "ike"]).stdout
+    n = 0
+    for item in json.loads(out)["nftables"]:
+        for e in item.get("rule", {}).get("expr", []):
+            if "counter" in e:
+                n += e["counter"]["packets"]
+    return n
+
+
+@pytest.mark.parametrize("filtered", [True, False], ids=["filter", "no-filter"])
+def test_cleartext_bypassing_the_tunnel_is_dropped(filtered: bool) -> None:
+    """Cleartext from the remote selectors to the local ones that arrives on the veth (not through the
+    TUN device) is dropped, both families; tunnelled traffic passes. Without the filter the same
+    bypass ping is answered, which shows the bypass really skipped the tunnel."""
+    require_tools("nft")
+    with two_hosts(v6=True) as (a, b):
+        assert a.inner6 and b.inner6 and a.inner_net6 and b.inner_net6 and a.outer6
+        ats, bts = [a.inner_net4, a.inner_net6], [b.inner_net4, b.inner_net6]
+        extra = [] if filtered else ["--no-filter"]
+        with tunnel(a, b, ats, bts, (a.outer4, b.outer4), extra=extra):
+            assert a.ping(b.inner4, count=2, src=a.inner4).returncode == 0
+            assert a.ping(b.inner6, count=2, src=a.inner6).returncode == 0
+            with capture(a, "veth0", "icmp or icmp6 and not ip6[40] >= 133") as cap:
+                r4 = _bypass_ping(b, a.inner4, b.inner4, a.outer4)
+                r6 = _bypass_ping(b, a.inner6, b.inner6, a.outer6)
+            sent = [p for p in cap.packets if p.src in (b.inner4, b.inner6)]
+            assert {p.src for p in sent} == {b.inner4, b.inner6}, cap.packets  # the cleartext did arrive
+            if filtered:
+                assert r4.returncode != 0 and r6.returncode != 0, r4.stdout + r6.stdout
+                assert _drops(a) >= 4
+                # the tunnel still carries the same addresses, and IKE's port and ESP pass the filter
+                assert b.ping(a.inner4, count=2, src=b.inner4).returncode == 0
+                assert b.ping(a.inner6, count=2, src=b.inner6).returncode == 0
+            else:
+                assert r4.returncode == 0 and r6.returncode == 0, r4.stdout + r6.stdout
+                assert a.run(["nft", "list", "tables"]).stdout.strip() == ""
+        # closing the data plane removes its table
+        assert a.run(["nft", "list", "tables"]).stdout.strip() == ""

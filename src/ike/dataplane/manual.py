@@ -97,6 +97,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--ikey-out", type=_hex, default=None)
     p.add_argument("--esn", action="store_true")
     p.add_argument("--no-udp", dest="udp", action="store_false", help="plain ESP (IP protocol 50)")
+    p.add_argument(
+        "--no-filter",
+        dest="filter",
+        action="store_false",
+        help="no nftables inbound filter (cleartext bypassing the tunnel is then accepted)",
+    )
     p.add_argument("--tun", default=DEFAULT_TUN)
     p.add_argument("--mtu", type=int, default=DEFAULT_MTU)
     p.add_argument("--lifetime-s", type=int, default=3600)
@@ -114,7 +120,7 @@ def parser() -> argparse.ArgumentParser:
 
 async def run(a: argparse.Namespace) -> int:
     child = build_child(a)
-    dp = UserspaceDataPlane(tun_name=a.tun, mtu=a.mtu)
+    dp = UserspaceDataPlane(tun_name=a.tun, mtu=a.mtu, inbound_filter=a.filter)
     expiries: list[tuple[int, str]] = []
     dp.set_expiry_callback(lambda cid, kind: expiries.append((cid, kind)))
     sock: socket.socket | None = None

@@ -11,6 +11,9 @@ TABLE`. Our ESP sockets and the daemon's IKE sockets carry MARK (SO_MARK, see `b
 for a host-to-host tunnel, where the peer's own address is routed into the tunnel, the IKE and ESP
 packets to that peer still leave by the normal route instead of looping into the TUN device.
 
+Inbound policy: cleartext from a child's remote selectors to its local ones that did not come through
+the TUN device is dropped by an nftables table of this plane (nftfilter.py), updated per child.
+
 All I/O runs on the daemon's asyncio loop with non-blocking descriptors that are drained in tight
 loops per wake-up (`add_reader`), so one wake-up moves a batch of packets.
 """
@@ -35,6 +38,7 @@ from dataclasses import dataclass, field
 from ike.dataplane.base import ChildCounters, DataPlaneError, ExpiryCallback, IkeHandler, UdpSender
 from ike.dataplane.esp import NH_IPV4, NH_IPV6, EspError, EspSa, Lifetime, SaExpiredError
 from ike.dataplane.gro import VNET_HDR_LEN, Coalescer
+from ike.dataplane.nftfilter import FilterError, InboundFilter
 from ike.dataplane.spd import SelectorSet, Spd, cidr_blocks
 from ike.proto.api import Address, ChildSaEstablished
 
@@ -124,6 +128,8 @@ class UserspaceDataPlane:
         replay_window: int = 64,
         soft_fraction: float = 0.9,
         coalesce: bool = True,
+        inbound_filter: bool = True,
+        nft_table: str | None = None,
     ) -> None:
         if len(tun_name.encode()) > 15:
             raise DataPlaneError(f"TUN device name {tun_name!r} is longer than 15 bytes")
@@ -132,6 +138,8 @@ class UserspaceDataPlane:
         # With a virtio-net header on the TUN device, received TCP segments are handed to the kernel
         # merged (gro.py); without it every packet is written alone.
         self.coalesce = coalesce
+        # Cleartext that should have arrived through a tunnel is dropped by nftables (nftfilter.py).
+        self._filter: InboundFilter | None = InboundFilter(tun_name, nft_table) if inbound_filter else None
         self._gro: Coalescer | None = None
         self._flush_pending = False
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -187,6 +195,8 @@ class UserspaceDataPlane:
                 "table",
                 str(self.table),
             )
+        if self._filter is not None:
+            self._filter.start()
         for family in (socket.AF_INET, socket.AF_INET6):
             try:
                 s = socket.socket(family, socket.SOCK_RAW, IPPROTO_ESP)
@@ -230,6 +240,8 @@ class UserspaceDataPlane:
                 _ip(fam, "route", "flush", "table", str(self.table), check=False)
             os.close(self._tun_fd)  # the TUN device disappears with its last descriptor
             self._tun_fd = -1
+        if self._filter is not None:
+            self._filter.close()
 
     # -- wiring to the daemon ----------------------------------------------------------------------
 
@@ -333,10 +345,17 @@ class UserspaceDataPlane:
         rec = _Child(child, out, inn, [])
         out_sa.on_limit = lambda kind: self._limit(cid, kind)
         in_sa.on_limit = lambda kind: self._limit(cid, kind)
+        if self._filter is not None:
+            try:
+                self._filter.add(cid, child.local_ts, child.remote_ts)
+            except FilterError as e:
+                raise DataPlaneError(f"child SA {cid}: {e}") from e
         try:
             self._add_routes(rec)
         except DataPlaneError:
             self._del_routes(rec)
+            if self._filter is not None:
+                self._filter.remove(cid)
             raise
         self._children[cid] = rec
         self._in[in_spi] = inn
@@ -450,6 +469,8 @@ class UserspaceDataPlane:
         self._in.pop(rec.inn.sa.spi, None)
         self._spd.remove(child_id)
         self._del_routes(rec)
+        if self._filter is not None:
+            self._filter.remove(child_id)
         log.info("removed child SA %d", child_id)
 
     # -- counters and expiry -----------------------------------------------------------------------
