@@ -1,4 +1,4 @@
-"""The IKEv2 engine alone (no daemon) against strongSwan 5.9.8 (charon), both roles: PSK and RSA/ECDSA
+"""The IKEv2 engine alone (no daemon) against strongSwan 5.9.8 (charon), both roles: PSK and RSA/ECDSA/Ed25519
 certificates, GCM/CBC/ChaCha20 with X25519/MODP/ECP (charon's own choice forces an INVALID_KE_PAYLOAD
 round where the groups differ), a second CHILD SA, CHILD and IKE rekeys with PFS, liveness checks,
 fragmentation and delete. strongSwan's kernel-libipsec fakes NAT-D, so each case also moves to port
@@ -21,7 +21,7 @@ from cryptography import x509
 
 from harness import require, require_root, require_tools
 from harness.netns import Host, two_hosts
-from harness.pki import make_pki
+from harness.pki import HostCert, make_pki
 from harness.strongswan import Charon, Child, Conn, available
 
 PSK = "ikev2 engine interop key, not a secret"
@@ -57,6 +57,33 @@ def _halves(net: str) -> tuple[str, str]:
     return f"{base}.0/25", f"{base}.128/25"
 
 
+def _ed25519(host: HostCert, ca_cert: Path, ca_key: Path) -> HostCert:
+    """`host` reissued with an Ed25519 key by the same CA (the shared PKI helper makes RSA/ECDSA only)."""
+    import datetime
+
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    old = x509.load_pem_x509_certificate(host.cert.read_bytes())
+    ca = x509.load_pem_x509_certificate(ca_cert.read_bytes())
+    ca_priv = serialization.load_pem_private_key(ca_key.read_bytes(), None)
+    key = ed25519.Ed25519PrivateKey.generate()
+    now = datetime.datetime.now(datetime.UTC)
+    builder = (
+        x509.CertificateBuilder().subject_name(old.subject).issuer_name(ca.subject).public_key(key.public_key())
+        .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=30))
+    )  # fmt: skip
+    for ext in old.extensions:
+        builder = builder.add_extension(ext.value, ext.critical)
+    cert = builder.sign(ca_priv, hashes.SHA256())  # type: ignore[arg-type]
+    cpath, kpath = host.cert.with_suffix(".ed.pem"), host.key.with_suffix(".ed.key")
+    cpath.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    kpath.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                        serialization.NoEncryption()))  # fmt: skip
+    return HostCert(host.name, cpath, kpath, host.dn, host.san)
+
+
 def _rfc4514(cert_path: Path) -> str:
     return x509.load_pem_x509_certificate(cert_path.read_bytes()).subject.rfc4514_string()
 
@@ -76,10 +103,12 @@ def _read_until(proc: subprocess.Popen[str], kind: str, timeout: float, seen: li
     raise AssertionError(f"no {kind} from the driver; events: {seen}")
 
 
+CASES = [("psk", "gcm-x25519"), ("psk", "cbc-modp2048-invalid-ke"), ("psk", "chacha-ecp256"), ("rsa", "gcm-x25519"),
+         ("ecdsa", "cbc-modp2048-invalid-ke"), ("ed25519", "gcm-x25519")]  # fmt: skip
+
+
 @pytest.mark.parametrize("role", ["initiator", "responder"])
-@pytest.mark.parametrize(("auth", "suite"), [("psk", "gcm-x25519"), ("psk", "cbc-modp2048-invalid-ke"),
-                                             ("psk", "chacha-ecp256"), ("rsa", "gcm-x25519"),
-                                             ("ecdsa", "cbc-modp2048-invalid-ke")])  # fmt: skip
+@pytest.mark.parametrize(("auth", "suite"), CASES)
 def test_engine_with_strongswan(
     hosts: tuple[Host, Host, Charon], tmp_path: Path, role: str, auth: str, suite: str
 ) -> None:
@@ -101,8 +130,10 @@ def test_engine_with_strongswan(
         cfg.update(psk=PSK, local_id=a.outer4, remote_id=b.outer4)
         conn_kw.update(psk=PSK, local_id=b.outer4, remote_id=a.outer4)
     else:
-        pki = make_pki(tmp_path / "pki", {"a": a.outer4, "b": "b.example"}, kind=auth)
+        pki = make_pki(tmp_path / "pki", {"a": a.outer4, "b": "b.example"}, kind="ecdsa" if auth == "ed25519" else auth)
         ha, hb = pki.hosts["a"], pki.hosts["b"]
+        if auth == "ed25519":
+            ha, hb = _ed25519(ha, pki.ca_cert, pki.ca_key), _ed25519(hb, pki.ca_cert, pki.ca_key)
         cfg.update(cert=str(ha.cert), key=str(ha.key), ca=str(pki.ca_cert), local_id=_rfc4514(ha.cert),
                    remote_id="b.example")  # fmt: skip
         conn_kw.update(auth="pubkey", local_cert=hb.cert, local_key=hb.key, cacerts=[pki.ca_cert],
