@@ -12,6 +12,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -19,7 +20,9 @@ from common import (
     P1,
     P2,
     PSK,
+    Profiler,
     engine_available,
+    find_process,
     iked_xml,
     log,
     median,
@@ -30,6 +33,7 @@ from common import (
 )
 
 NAME = "activate-latency"
+PROFILE: Path | None = None  # --profile DIR: py-spy both iked during the tries
 
 
 def _timed(fn: object) -> float:
@@ -64,14 +68,26 @@ def iked_tries(a: object, b: object, tries: int) -> tuple[list[float], float]:
         ia.put(iked_xml([P1("gw", a.outer4, b.outer4)], [P2("net", "gw", a.inner_net4, b.inner_net4)]))
         ib.put(iked_xml([P1("gw", b.outer4, a.outer4)], [P2("net", "gw", b.inner_net4, a.inner_net4)]))
         floor = median([_timed(lambda: ia.ike("cmd=list")) for _ in range(min(3, tries))])
-        for _ in range(tries):
-            t = _timed(lambda: ia.ike("cmd=activate", "phase=2", "numlist=1", "wait"))
-            if not tunnels(ia):
-                raise RuntimeError(f"activate returned but nothing is established:\n{ia.log(40)}")
-            times.append(t)
-            ia.ike("cmd=remove", "all")
-            _wait(lambda: not tunnels(ia) and not tunnels(ib), "iked to remove the tunnel on both sides")
+        assert ia.proc is not None and ib.proc is not None
+        pi, pr = find_process(ia.proc.pid, "python"), find_process(ib.proc.pid, "python")
+        with (
+            Profiler(pi, PROFILE / "activate-iked-initiator.txt" if PROFILE else None),
+            Profiler(pr, PROFILE / "activate-iked-responder.txt" if PROFILE else None),
+        ):
+            times += activate_tries(ia, ib, tries, tunnels)
     return times, floor
+
+
+def activate_tries(ia: Any, ib: Any, tries: int, tunnels: Any) -> list[float]:
+    times: list[float] = []
+    for _ in range(tries):
+        t = _timed(lambda: ia.ike("cmd=activate", "phase=2", "numlist=1", "wait"))
+        if not tunnels(ia):
+            raise RuntimeError(f"activate returned but nothing is established:\n{ia.log(40)}")
+        times.append(t)
+        ia.ike("cmd=remove", "all")
+        _wait(lambda: not tunnels(ia) and not tunnels(ib), "iked to remove the tunnel on both sides")
+    return times
 
 
 def charon_tries(a: object, b: object, tries: int) -> list[float]:
@@ -104,7 +120,12 @@ def charon_tries(a: object, b: object, tries: int) -> list[float]:
 def main() -> int:
     p = parser(__doc__)
     p.add_argument("--tries", type=int, default=None, help="per daemon (default 10, tiny 1)")
+    p.add_argument("--profile", type=Path, metavar="DIR", help="py-spy both iked during the tries into DIR")
     a_ = p.parse_args()
+    global PROFILE
+    PROFILE = a_.profile
+    if PROFILE:
+        PROFILE.mkdir(parents=True, exist_ok=True)
     tries = a_.tries or (1 if a_.tiny else 10)
     why = prerequisites("ip")
     if why:
