@@ -18,6 +18,7 @@ class Message:
     header: IkeHeader
     payloads: list[Payload] = field(default_factory=list)
     raw: bytes = b""
+    _notify_map: dict[int, NotifyPayload] | None = field(default=None, repr=False, compare=False)
 
     def get(self, cls: type[P]) -> P | None:
         for p in self.payloads:
@@ -29,10 +30,13 @@ class Message:
         return [p for p in self.payloads if isinstance(p, cls)]
 
     def notify(self, ntype: int) -> NotifyPayload | None:
-        for p in self.payloads:
-            if isinstance(p, NotifyPayload) and p.notify_type == ntype:
-                return p
-        return None
+        if self._notify_map is None:
+            m: dict[int, NotifyPayload] = {}
+            for p in self.payloads:
+                if type(p) is NotifyPayload:
+                    m.setdefault(p.notify_type, p)
+            self._notify_map = m
+        return self._notify_map.get(ntype)
 
     def notifies(self) -> list[NotifyPayload]:
         return [p for p in self.payloads if isinstance(p, NotifyPayload)]
