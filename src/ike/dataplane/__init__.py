@@ -9,8 +9,10 @@
     await dp.close()
 
 Modules: base (interface, create_backend), esp (RFC 4303 transform per SA), spd (selector lookups),
-gro (TCP receive coalescing into the TUN device), userspace (ESP over TUN), xfrm (kernel IPsec over
-netlink), none (negotiation only), manual (static SAs from the command line).
+gro (TCP receive coalescing into the TUN device), userspace (ESP over TUN, tunnel and transport mode),
+transport (transport mode headers and RFC 3948 checksums), nftfilter (drops cleartext that bypasses a
+tunnel), xfrm (kernel IPsec over netlink), none (negotiation only), manual (static SAs from the
+command line).
 """
 
 from ike.dataplane.base import ChildCounters, DataPlane, DataPlaneError, create_backend

@@ -3,7 +3,8 @@
 An `EspSa` is built once per SA: the cipher objects, the HMAC template, the header/trailer tables and
 the replay state all live on it, so the per-packet work is a counter, a few slices and one AEAD call
 (or one CBC + one HMAC). Tunnel mode only adds the next-header value (4 = IPv4, 41 = IPv6); the inner
-packet is carried whole.
+packet is carried whole. Transport mode passes the transport payload and its protocol as the next
+header (the IP header is taken off and put back by transport.py).
 
 AEAD ciphers (AES-GCM RFC 4106, ChaCha20-Poly1305 RFC 7634) use the 64-bit sequence number as the
 explicit IV, which is unique per key as both RFCs require. AES-CBC (RFC 3602) takes a fresh random IV
@@ -155,9 +156,11 @@ class EspSa:
         self._aead = e.aead
         self._iv_size = e.iv_size
         self._block = max(e.block_size, 4)
-        # (next header, pad length) -> trailer bytes; built once.
+        # (next header, pad length) -> trailer bytes; built once (tunnel mode, dummy, and the transport
+        # mode payloads ICMP, TCP, UDP, ICMPv6).
         self._trailers: dict[int, tuple[bytes, ...]] = {
-            nh: tuple(_PAD[p] + bytes((p, nh)) for p in range(self._block)) for nh in (NH_IPV4, NH_IPV6, 59)
+            nh: tuple(_PAD[p] + bytes((p, nh)) for p in range(self._block))
+            for nh in (NH_IPV4, NH_IPV6, 59, 1, 6, 17, 58)
         }
         key = enc_key[: keylen // 8]
         self._aead_obj: AESGCM | ChaCha20Poly1305 | None = None

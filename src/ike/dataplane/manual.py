@@ -65,7 +65,7 @@ def build_child(a: argparse.Namespace) -> ChildSaEstablished:
         phase2=p2,
         role=Role.INITIATOR,
         protocol="esp",
-        mode="tunnel",
+        mode=a.mode,
         proposal=prop,
         inbound=ChildSaKeys(a.spi_in, a.key_in, a.ikey_in or b""),
         outbound=ChildSaKeys(a.spi_out, a.key_out, a.ikey_out or b""),
@@ -96,6 +96,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--ikey-in", type=_hex, default=None)
     p.add_argument("--ikey-out", type=_hex, default=None)
     p.add_argument("--esn", action="store_true")
+    p.add_argument("--mode", choices=("tunnel", "transport"), default="tunnel")
     p.add_argument("--no-udp", dest="udp", action="store_false", help="plain ESP (IP protocol 50)")
     p.add_argument(
         "--no-filter",

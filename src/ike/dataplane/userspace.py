@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import fcntl
 import ipaddress
 import json
@@ -40,6 +41,8 @@ from ike.dataplane.esp import NH_IPV4, NH_IPV6, EspError, EspSa, Lifetime, SaExp
 from ike.dataplane.gro import VNET_HDR_LEN, Coalescer
 from ike.dataplane.nftfilter import FilterError, InboundFilter
 from ike.dataplane.spd import SelectorSet, Spd, cidr_blocks
+from ike.dataplane.transport import Rebuild, strip
+from ike.policy import TrafficSelector
 from ike.proto.api import Address, ChildSaEstablished
 
 log = logging.getLogger("ike.dataplane.userspace")
@@ -93,6 +96,7 @@ class _Out:
     child_id: int
     sock: socket.socket | None = None
     dst: tuple[str, int] | None = None
+    transport: bool = False  # send the payload without its IP header (transport mode)
 
 
 @dataclass
@@ -101,6 +105,7 @@ class _In:
     selectors: SelectorSet
     child_id: int
     dropped: int = 0
+    rebuild: Rebuild | None = None  # transport mode: puts the IP header back
 
 
 @dataclass
@@ -157,6 +162,7 @@ class UserspaceDataPlane:
         self.no_policy = 0
         self.unknown_spi = 0
         self.send_errors = 0
+        self.not_whole = 0  # transport mode: fragments or IPv6 extension headers from the TUN, dropped
         self._last_err_log = 0.0
         self.udp_gso = True  # cleared the first time the kernel refuses a UDP GSO send
 
@@ -301,8 +307,11 @@ class UserspaceDataPlane:
             raise DataPlaneError("the userspace data plane is not started")
         if child.protocol != "esp":
             raise DataPlaneError(f"child SA {cid}: the userspace data plane carries ESP only, not {child.protocol}")
-        if child.mode != "tunnel":
-            raise DataPlaneError(f"child SA {cid}: the userspace data plane does tunnel mode only, not {child.mode}")
+        if child.mode not in ("tunnel", "transport"):
+            raise DataPlaneError(f"child SA {cid}: mode {child.mode!r} is neither tunnel nor transport")
+        rebuild = None
+        if child.mode == "transport":
+            child, rebuild = _transport_view(child)
         in_spi = int.from_bytes(child.inbound.spi, "big")
         if in_spi in self._in:
             raise DataPlaneError(f"child SA {cid}: inbound SPI {in_spi:#010x} is already in use")
@@ -336,12 +345,12 @@ class UserspaceDataPlane:
             )
         except EspError as e:
             raise DataPlaneError(f"child SA {cid}: {e}") from e
-        out = _Out(out_sa, self._sender_for(child), cid)
+        out = _Out(out_sa, self._sender_for(child), cid, transport=rebuild is not None)
         if child.udp_encap:
             fam = socket.AF_INET6 if ipaddress.ip_address(child.remote[0]).version == 6 else socket.AF_INET
             out.sock = self._udp.get(fam)
             out.dst = (child.remote[0], child.remote[1]) if out.sock is not None else None
-        inn = _In(in_sa, SelectorSet(child.local_ts, child.remote_ts), cid)
+        inn = _In(in_sa, SelectorSet(child.local_ts, child.remote_ts), cid, rebuild=rebuild)
         rec = _Child(child, out, inn, [])
         out_sa.on_limit = lambda kind: self._limit(cid, kind)
         in_sa.on_limit = lambda kind: self._limit(cid, kind)
@@ -363,7 +372,7 @@ class UserspaceDataPlane:
         for sa in (out_sa,):
             self._arm_timer(rec, sa)
         log.info(
-            "installed child SA %d: %s <-> %s, SPIs in %s out %s, %s%s",
+            "installed child SA %d: %s <-> %s, SPIs in %s out %s, %s%s%s",
             cid,
             ",".join(map(str, child.local_ts)),
             ",".join(map(str, child.remote_ts)),
@@ -371,6 +380,7 @@ class UserspaceDataPlane:
             child.outbound.spi.hex(),
             p,
             ", ESP-in-UDP" if child.udp_encap else "",
+            ", transport mode" if rebuild is not None else "",
         )
 
     def _sender_for(self, child: ChildSaEstablished) -> Callable[[bytes], object]:
@@ -541,7 +551,14 @@ class UserspaceDataPlane:
                     self.no_policy += 1
                     continue
                 try:
-                    esp = out.sa.encapsulate(pkt, NH_IPV4 if pkt[0] >> 4 == 4 else NH_IPV6)
+                    if out.transport:
+                        whole = strip(pkt)
+                        if whole is None:
+                            self.not_whole += 1
+                            continue
+                        esp = out.sa.encapsulate(whole[1], whole[0])
+                    else:
+                        esp = out.sa.encapsulate(pkt, NH_IPV4 if pkt[0] >> 4 == 4 else NH_IPV6)
                 except SaExpiredError:
                     continue
                 sock = out.sock
@@ -674,7 +691,9 @@ class UserspaceDataPlane:
                 continue
             if nh == 59:  # RFC 4303 dummy packet
                 continue
-            if not inner or (inner[0] >> 4) != (4 if nh == NH_IPV4 else 6 if nh == NH_IPV6 else 0):
+            if inn.rebuild is not None:
+                inner = inn.rebuild(nh, inner)
+            elif not inner or (inner[0] >> 4) != (4 if nh == NH_IPV4 else 6 if nh == NH_IPV6 else 0):
                 inn.dropped += 1
                 self._rate_log(
                     "child SA %d: dropped inbound ESP with next header %d (tunnel mode carries IP)", inn.child_id, nh
@@ -697,3 +716,34 @@ class UserspaceDataPlane:
         if now - self._last_err_log >= 1.0:
             self._last_err_log = now
             log.warning(msg, *args)
+
+
+def _transport_view(child: ChildSaEstablished) -> tuple[ChildSaEstablished, Rebuild]:
+    """A transport-mode child as this plane carries it: only traffic between the two outer addresses,
+    so its selectors are narrowed to them (keeping protocol and ports; behind a NAT the negotiated
+    selectors name the peer's private address, RFC 7296 §2.23.1), and the header rebuilder for its
+    inbound packets, which knows those original addresses for the RFC 3948 checksum fix."""
+    cid = child.child_id
+    lip, rip = ipaddress.ip_address(child.local[0]), ipaddress.ip_address(child.remote[0])
+    if lip.version != rip.version:
+        raise DataPlaneError(f"child SA {cid}: transport mode between {lip} and {rip} (two address families)")
+
+    def narrow(
+        tss: tuple[TrafficSelector, ...], addr: ipaddress.IPv4Address | ipaddress.IPv6Address
+    ) -> tuple[tuple[TrafficSelector, ...], str]:
+        same = [t for t in tss if t.version == addr.version]
+        if not same:
+            raise DataPlaneError(
+                f"child SA {cid}: transport mode, but no traffic selector of {', '.join(map(str, tss))} is "
+                f"of the outer address family (IPv{addr.version})"
+            )
+        orig = next((str(t.start) for t in same if t.start == t.end), str(addr))
+        out = dict.fromkeys(TrafficSelector(addr, addr, t.protocol, t.port_start, t.port_end) for t in same)
+        return tuple(out), orig
+
+    local_ts, orig_local = narrow(child.local_ts, lip)
+    remote_ts, orig_remote = narrow(child.remote_ts, rip)
+    # Without UDP encapsulation no NAT can sit between us: the addresses are the peer's own.
+    nat_view = (orig_remote, orig_local) if child.udp_encap else (None, None)
+    rebuild = Rebuild(str(rip), str(lip), *nat_view)
+    return dataclasses.replace(child, local_ts=local_ts, remote_ts=remote_ts), rebuild

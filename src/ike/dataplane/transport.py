@@ -1,0 +1,101 @@
+"""Transport mode (RFC 4303 §3.1.1) for the userspace data plane: host-to-host SAs carry the transport
+payload (TCP, UDP, ICMP, ...) without the IP header; the receiver puts an IP header back.
+
+Outbound, `strip` takes the packet the kernel routed into the TUN device apart: (protocol, payload).
+Fragments and IPv6 extension headers are refused (transport mode protects whole datagrams; the TUN
+MTU keeps TCP unfragmented).
+
+Inbound, a `Rebuild` made once per SA writes the IP header from the SA's outer addresses, with the
+IPv4 header checksum taken from a per-SA partial sum. With UDP encapsulation behind a NAT (RFC 3948
+§3.1.2) the peer computed its TCP/UDP checksum over its own idea of the addresses (the traffic
+selectors it sent: NAT-OA in IKEv1 terms), not over the outer ones we put in the header. Then a
+UDP/IPv4 checksum is cleared and TCP (and UDP/IPv6) checksums are adjusted incrementally (RFC 1624)
+by a difference computed once per SA.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import struct
+
+_V4 = struct.Struct("!HHHHBBH")  # ver/ihl+tos, total length, id, flags/fragment, ttl, proto, checksum
+_V6 = struct.Struct("!IHBB")  # version/class/flow, payload length, next header, hop limit
+_TTL = 64
+_DF = 0x4000
+_V6_EXT = frozenset((0, 43, 44, 50, 51, 60, 135, 139, 140))
+
+
+def _fold(s: int) -> int:
+    while s > 0xFFFF:
+        s = (s & 0xFFFF) + (s >> 16)
+    return s
+
+
+def _words(b: bytes) -> int:
+    return sum(int.from_bytes(b[i : i + 2], "big") for i in range(0, len(b), 2))
+
+
+def strip(pkt: bytes | memoryview) -> tuple[int, bytes | memoryview] | None:
+    """(IP protocol, transport payload) of a whole unfragmented packet, else None."""
+    v = pkt[0] >> 4
+    if v == 4:
+        if len(pkt) < 20 or (pkt[6] << 8 | pkt[7]) & 0x3FFF:  # MF or fragment offset
+            return None
+        total = pkt[2] << 8 | pkt[3]
+        return pkt[9], pkt[(pkt[0] & 0x0F) * 4 : total]
+    if v == 6 and len(pkt) >= 40:
+        nh = pkt[6]
+        if nh in _V6_EXT:
+            return None
+        return nh, pkt[40 : 40 + (pkt[4] << 8 | pkt[5])]
+    return None
+
+
+class Rebuild:
+    """Puts the IP header back on decrypted transport-mode payloads of one SA.
+
+    `src`/`dst`: the outer addresses of the inbound SA (peer -> us), written into the header.
+    `orig_src`/`orig_dst`: the addresses the peer used for its TCP/UDP checksum; when they differ
+    (NAT), the checksum is fixed as RFC 3948 §3.1.2 describes."""
+
+    def __init__(self, src: str, dst: str, orig_src: str | None = None, orig_dst: str | None = None) -> None:
+        s, d = ipaddress.ip_address(src), ipaddress.ip_address(dst)
+        if s.version != d.version:
+            raise ValueError(f"transport mode needs outer addresses of one family, not {src} and {dst}")
+        self.version = s.version
+        self.addrs = s.packed + d.packed
+        os_ = ipaddress.ip_address(orig_src or src).packed
+        od = ipaddress.ip_address(orig_dst or dst).packed
+        self.fix = os_ + od != self.addrs
+        # RFC 1624 eqn. 3: HC' = ~(~HC + ~m + m'); ~m + m' summed once here for all address words.
+        old = os_ + od
+        self._delta = _fold(
+            sum((~int.from_bytes(old[i : i + 2], "big")) & 0xFFFF for i in range(0, len(old), 2)) + _words(self.addrs)
+        )
+        # IPv4 header checksum: the constant words summed once; length and protocol added per packet.
+        self._base = 0x4500 + _DF + _words(self.addrs)
+
+    def __call__(self, proto: int, payload: bytes) -> bytes:
+        if self.fix:
+            payload = self._fix_checksum(proto, payload)
+        n = len(payload)
+        if self.version == 4:
+            total = 20 + n
+            csum = ~_fold(self._base + total + (_TTL << 8 | proto)) & 0xFFFF
+            return _V4.pack(0x4500, total, 0, _DF, _TTL, proto, csum) + self.addrs + payload
+        return _V6.pack(0x60000000, n, proto, _TTL) + self.addrs + payload
+
+    def _fix_checksum(self, proto: int, payload: bytes) -> bytes:
+        if proto == 6 and len(payload) >= 20:
+            at = 16
+        elif proto == 17 and len(payload) >= 8:
+            if self.version == 4:  # RFC 3948 §3.1.2: a UDP checksum may simply be cleared
+                return payload[:6] + b"\0\0" + payload[8:]
+            at = 6
+        else:
+            return payload
+        old = int.from_bytes(payload[at : at + 2], "big")
+        new = ~_fold((~old & 0xFFFF) + self._delta) & 0xFFFF
+        if proto == 17 and new == 0:
+            new = 0xFFFF
+        return payload[:at] + new.to_bytes(2, "big") + payload[at + 2 :]
