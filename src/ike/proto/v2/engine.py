@@ -862,20 +862,24 @@ class Ikev2Engine:
                 if total > MAX_FRAGMENTS:
                     self.drop(dg, f"{what}: {total} fragments is more than the {MAX_FRAGMENTS} we accept")
                     return None
-                frags = sa.fragments.setdefault(h.msg_id, {})
-                if frags and sa.fragment_total.get(h.msg_id) != total:
+                key = (h.is_response, h.msg_id)
+                frags = sa.fragments.setdefault(key, {})
+                if frags and sa.fragment_total.get(key) != total:
                     frags.clear()
-                sa.fragment_total[h.msg_id] = total
+                sa.fragment_total[key] = total
                 frags[num] = plain
                 if num == 1:
-                    sa.fragment_first[h.msg_id] = enc.inner_next
-                for stale in [m for m in sa.fragments if m < h.msg_id - 1]:
+                    sa.fragment_first[key] = enc.inner_next
+                for stale in [k for k in sa.fragments if k[0] == key[0] and k[1] < h.msg_id]:
                     sa.fragments.pop(stale, None)
+                    sa.fragment_first.pop(stale, None)
+                    sa.fragment_total.pop(stale, None)
                 if len(frags) < total:
                     return None
                 plain = b"".join(frags[i] for i in range(1, total + 1))
-                first = sa.fragment_first.pop(h.msg_id, 0)
-                sa.fragments.pop(h.msg_id, None)
+                first = sa.fragment_first.pop(key, 0)
+                sa.fragments.pop(key, None)
+                sa.fragment_total.pop(key, None)
                 self.stats["reassembled"] += 1
             return decode_chain(first, plain)
         except (CryptoError, DecodeError) as e:

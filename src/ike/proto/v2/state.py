@@ -155,9 +155,11 @@ class IkeSa:
     rekey_at: float | None = None
     expire_at: float | None = None
     half_open_deadline: float | None = None
-    fragments: dict[int, dict[int, bytes]] = field(default_factory=dict)  # msg_id -> number -> plaintext
-    fragment_first: dict[int, int] = field(default_factory=dict)  # msg_id -> first inner payload type
-    fragment_total: dict[int, int] = field(default_factory=dict)
+    # RFC 7383 reassembly, keyed by (is a response, message ID): requests and responses have separate
+    # message ID spaces. Values: fragment number -> plaintext; first inner payload type; total.
+    fragments: dict[tuple[bool, int], dict[int, bytes]] = field(default_factory=dict)
+    fragment_first: dict[tuple[bool, int], int] = field(default_factory=dict)
+    fragment_total: dict[tuple[bool, int], int] = field(default_factory=dict)
     rekey_of: int | None = None
     successor: IkeSa | None = None  # the IKE SA that replaced this one
     peer_rekey: IkeSa | None = None  # a successor the peer created during our rekey (§2.8.2)
