@@ -158,17 +158,26 @@ class IndexedPolicies:
         return list(targets.values())
 
     def by_numbers(self, numbers: Iterable[int], phase: int | None) -> list[ActivationTarget]:
-        """Database tunnel numbers: phase 1 numbers for phase=1, phase 2 numbers otherwise
-        (both phases for a phase 2 number; its phase 1 is started first)."""
+        """Database tunnel numbers: phase 1 numbers for phase=1, phase 2 numbers otherwise (both
+        phases for a phase 2 number; its phase 1 is started first). Without phase=, a number that
+        names no phase 2 tunnel but a phase 1 tunnel starts that one with its phase 2 tunnels."""
         if phase == 1:
             return [ActivationTarget(self._p1(n)) for n in numbers]
         out: dict[int, ActivationTarget] = {}
         for n in numbers:
             p2 = self.p2_by_number.get(n)
+            if p2 is None and phase is None and n in self.p1_by_number:
+                # Without phase=, a number that is only a phase 1 tunnel means it and its phase 2s.
+                p1 = self.p1_by_number[n]
+                t = out.setdefault(p1.number, ActivationTarget(p1))
+                t.phase2.extend(c for c in self.p2_under.get(n, []) if c not in t.phase2)
+                continue
             if p2 is None:
                 raise LookupError_(f"no phase 2 tunnel number {n} in the database (see ike cmd=list db phase=2)")
             p1 = self._p1(p2.phase1)
-            out.setdefault(p1.number, ActivationTarget(p1)).phase2.append(p2)
+            t = out.setdefault(p1.number, ActivationTarget(p1))
+            if p2 not in t.phase2:
+                t.phase2.append(p2)
         return list(out.values())
 
     def by_names(self, names: Iterable[str], phase: int) -> list[ActivationTarget]:

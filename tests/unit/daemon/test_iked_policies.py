@@ -106,6 +106,11 @@ def test_numbers_phase1_and_phase2(pol: IndexedPolicies) -> None:
     assert [(x.phase1.number, [c.number for c in x.phase2]) for x in t] == [(1, [11, 12]), (3, [31])]
     with pytest.raises(LookupError_, match="no phase 2 tunnel number 5"):
         pol.by_numbers([5], None)
+    # without phase=, a phase 1 number (no phase 2 has it) brings its phase 2 tunnels
+    t = pol.by_numbers([3], None)
+    assert [(x.phase1.number, [c.number for c in x.phase2]) for x in t] == [(3, [31])]
+    with pytest.raises(LookupError_, match="no phase 2 tunnel number 3"):
+        pol.by_numbers([3], 2)
     with pytest.raises(LookupError_, match="no phase 1 tunnel number 9"):
         pol.by_numbers([9], 1)
 
