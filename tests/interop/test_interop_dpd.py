@@ -25,6 +25,7 @@ CASES = {  # version, mode, suite, who initiates
     "ikev2-initiator": (2, "main", "gcm128-x25519", "ours"),
     "ikev2-responder": (2, "main", "cbc256-sha256-modp2048", "peer"),
     "ikev1-main-initiator": (1, "main", "cbc128-sha256-ecp256+gcm128", "ours"),
+    "ikev1-aggr-responder": (1, "aggressive", "cbc256-sha256-modp2048+pfs", "peer"),
 }
 
 
