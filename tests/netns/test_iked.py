@@ -6,7 +6,9 @@ Every test here needs root and namespaces: under CI=true a missing prerequisite 
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import sys
 import time
 from collections.abc import Iterator
@@ -247,6 +249,15 @@ def test_log_switch_autostart_and_garbage(hosts: tuple[Host, Host]) -> None:
         ia.ike("cmd=activate", "phase=2", "numlist=2", "wait")
         assert "phase 2 tunnel 2 established" in new_log.read_text()
         assert listing(ia)["tunnels"][0]["tunnel"] == 1  # the first tunnel was not disturbed
+        # SIGHUP does the same (systemctl reload)
+        third = ia.workdir / "third.log"
+        ia.conf.write_text(f"log_level = events\nlog_destination = {third}\n")
+        assert ia.proc is not None
+        os.kill(ia.proc.pid, signal.SIGHUP)
+        deadline = time.monotonic() + 5
+        while not (third.exists() and "SIGHUP: logging level events" in third.read_text()):
+            assert time.monotonic() < deadline, ia.log(20)
+            time.sleep(0.1)
         # a broken IKE_CONF is refused and changes nothing
         ia.conf.write_text("log_level = loud\n")
         bad = ia.ike("cmd=log", check=False)
