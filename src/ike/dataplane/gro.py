@@ -58,6 +58,7 @@ class _Chain:
     __slots__ = (
         "ack",
         "first",
+        "hdr",
         "ihl",
         "mss",
         "n",
@@ -72,8 +73,11 @@ class _Chain:
         "v6",
     )
 
-    def __init__(self, pkt: bytes, ihl: int, thl: int, seq: int, ack: int, plen: int, tt: int, v6: bool) -> None:
+    def __init__(
+        self, pkt: bytes, ihl: int, thl: int, seq: int, ack: int, plen: int, tt: int, v6: bool, hdr: bytes
+    ) -> None:
         self.first = pkt
+        self.hdr = hdr  # virtio-net header for a segment written alone
         self.ihl, self.thl, self.v6, self.ack, self.tt = ihl, thl, v6, ack, tt
         self.opts = pkt[ihl + 20 : ihl + thl]  # must be identical in later segments (timestamps too)
         self.mss = plen
@@ -94,25 +98,27 @@ class Coalescer:
         self.merged = 0  # segments that went out inside a larger packet
         self.enabled = True  # cleared if the kernel refuses a merged packet
 
-    def add(self, pkt: bytes) -> None:
+    def add(self, pkt: bytes, hdr: bytes = PLAIN) -> None:
+        """`hdr`: the virtio-net header if the packet is written alone (transport mode may hand over a
+        packet whose checksum the kernel is to treat as partial); merged packets get their own."""
         n = len(pkt)
         if n < 40 or not self.enabled:
-            return self._plain(pkt)
+            return self._plain(pkt, hdr)
         if pkt[0] == 0x45:  # IPv4 without options
             _vi, tos, frag, ttl, proto = _V4.unpack_from(pkt)
             if proto != 6 or frag & 0x3FFF:  # not TCP, or a fragment
-                return self._plain(pkt)
+                return self._plain(pkt, hdr)
             ihl, key, v6, tt = 20, pkt[12:24], False, (tos << 8) | ttl
         elif pkt[0] >> 4 == 6 and pkt[6] == 6 and n >= 60:  # IPv6, TCP directly after the header
             ihl, key, v6, tt = 40, pkt[8:44], True, 0
         else:
-            return self._plain(pkt)
+            return self._plain(pkt, hdr)
         seq, ack, off, flags = _TCP.unpack_from(pkt, ihl)
         thl = (off >> 4) * 4
         plen = n - ihl - thl
         if plen <= 0 or flags & ~(_TCP_ACK | _TCP_PSH) or thl < 20:
             self._flush_key(key)
-            return self._plain(pkt)
+            return self._plain(pkt, hdr)
         c = self._chains.get(key)
         if c is not None:
             if (
@@ -137,11 +143,11 @@ class Coalescer:
                     c.short = True
                 return None
             self._emit(c)
-        self._chains[key] = _Chain(pkt, ihl, thl, seq, ack, plen, tt, v6)
+        self._chains[key] = _Chain(pkt, ihl, thl, seq, ack, plen, tt, v6, hdr)
         return None
 
-    def _plain(self, pkt: bytes) -> None:
-        self._writev((PLAIN, pkt))
+    def _plain(self, pkt: bytes, hdr: bytes = PLAIN) -> None:
+        self._writev((hdr, pkt))
 
     def _flush_key(self, key: bytes) -> None:
         c = self._chains.pop(key, None)
@@ -156,7 +162,7 @@ class Coalescer:
 
     def _emit(self, c: _Chain) -> None:
         if c.n == 1:
-            self._writev((PLAIN, c.first))
+            self._writev((c.hdr, c.first))
             return
         first, ihl, thl = c.first, c.ihl, c.thl
         tcp = bytearray(first[ihl : ihl + thl])
@@ -185,6 +191,6 @@ class Coalescer:
             # A kernel that refuses GSO packets from a TUN device: write segments as they came, from now on.
             self.enabled = False
             for p in c.parts:
-                self._writev((PLAIN, p))
+                self._writev((c.hdr, p))
             return
         self.merged += c.n

@@ -10,13 +10,19 @@ IPv4 header checksum taken from a per-SA partial sum. With UDP encapsulation beh
 §3.1.2) the peer computed its TCP/UDP checksum over its own idea of the addresses (the traffic
 selectors it sent: NAT-OA in IKEv1 terms), not over the outer ones we put in the header. Then a
 UDP/IPv4 checksum is cleared and TCP (and UDP/IPv6) checksums are adjusted incrementally (RFC 1624)
-by a difference computed once per SA.
+by a difference computed once per SA. When the TUN device takes virtio-net headers, such packets go
+in with their checksum marked partial instead (`partial=True`): the pseudo-header sum is written into
+the checksum field and the kernel accepts the packet without verifying it, which is what Linux's own
+ESP does for UDP-encapsulated transport mode (CHECKSUM_UNNECESSARY) and also covers the address the
+peer saw for us behind our own NAT, which we cannot know.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import struct
+
+from ike.dataplane.gro import PLAIN, VIRTIO_NET_HDR_F_NEEDS_CSUM, VNET_HDR
 
 _V4 = struct.Struct("!HHHHBBH")  # ver/ihl+tos, total length, id, flags/fragment, ttl, proto, checksum
 _V6 = struct.Struct("!IHBB")  # version/class/flow, payload length, next header, hop limit
@@ -58,7 +64,9 @@ class Rebuild:
     `orig_src`/`orig_dst`: the addresses the peer used for its TCP/UDP checksum; when they differ
     (NAT), the checksum is fixed as RFC 3948 §3.1.2 describes."""
 
-    def __init__(self, src: str, dst: str, orig_src: str | None = None, orig_dst: str | None = None) -> None:
+    def __init__(
+        self, src: str, dst: str, orig_src: str | None = None, orig_dst: str | None = None, partial: bool = False
+    ) -> None:
         s, d = ipaddress.ip_address(src), ipaddress.ip_address(dst)
         if s.version != d.version:
             raise ValueError(f"transport mode needs outer addresses of one family, not {src} and {dst}")
@@ -74,11 +82,27 @@ class Rebuild:
         )
         # IPv4 header checksum: the constant words summed once; length and protocol added per packet.
         self._base = 0x4500 + _DF + _words(self.addrs)
+        self.partial = partial
+        self._addr_sum = _words(self.addrs)
+        ihl = 20 if self.version == 4 else 40
+        # virtio-net header per protocol: "checksum partial" at TCP/UDP's checksum field
+        self._hdrs = {
+            p: VNET_HDR.pack(VIRTIO_NET_HDR_F_NEEDS_CSUM, 0, 0, 0, ihl, off) if partial else PLAIN
+            for p, off in ((6, 16), (17, 6))
+        }
+
+    def header(self, proto: int) -> bytes:
+        """The virtio-net header to write the packet of `proto` with (see `partial`)."""
+        return self._hdrs.get(proto, PLAIN)
 
     def __call__(self, proto: int, payload: bytes) -> bytes:
-        if self.fix:
-            payload = self._fix_checksum(proto, payload)
         n = len(payload)
+        if self.partial and ((proto == 6 and n >= 20) or (proto == 17 and n >= 8)):
+            at = 16 if proto == 6 else 6
+            pseudo = _fold(self._addr_sum + proto + n)
+            payload = payload[:at] + pseudo.to_bytes(2, "big") + payload[at + 2 :]
+        elif self.fix:
+            payload = self._fix_checksum(proto, payload)
         if self.version == 4:
             total = 20 + n
             csum = ~_fold(self._base + total + (_TTL << 8 | proto)) & 0xFFFF

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 
 from ike.dataplane.base import ChildCounters, DataPlaneError, ExpiryCallback, IkeHandler, UdpSender
 from ike.dataplane.esp import NH_IPV4, NH_IPV6, EspError, EspSa, Lifetime, SaExpiredError
-from ike.dataplane.gro import VNET_HDR_LEN, Coalescer
+from ike.dataplane.gro import PLAIN, VNET_HDR_LEN, Coalescer
 from ike.dataplane.nftfilter import FilterError, InboundFilter
 from ike.dataplane.spd import SelectorSet, Spd, cidr_blocks
 from ike.dataplane.transport import Rebuild, strip
@@ -311,7 +311,8 @@ class UserspaceDataPlane:
             raise DataPlaneError(f"child SA {cid}: mode {child.mode!r} is neither tunnel nor transport")
         rebuild = None
         if child.mode == "transport":
-            child, rebuild = _transport_view(child)
+            # behind a NAT the kernel is told to trust inner checksums when it can be (virtio-net header)
+            child, rebuild = _transport_view(child, partial=self._gro is not None and child.udp_encap)
         in_spi = int.from_bytes(child.inbound.spi, "big")
         if in_spi in self._in:
             raise DataPlaneError(f"child SA {cid}: inbound SPI {in_spi:#010x} is already in use")
@@ -691,8 +692,10 @@ class UserspaceDataPlane:
                 continue
             if nh == 59:  # RFC 4303 dummy packet
                 continue
+            hdr = PLAIN
             if inn.rebuild is not None:
                 inner = inn.rebuild(nh, inner)
+                hdr = inn.rebuild.header(nh)
             elif not inner or (inner[0] >> 4) != (4 if nh == NH_IPV4 else 6 if nh == NH_IPV6 else 0):
                 inn.dropped += 1
                 self._rate_log(
@@ -705,7 +708,7 @@ class UserspaceDataPlane:
                 continue
             try:
                 if gro_add is not None:
-                    gro_add(inner)
+                    gro_add(inner, hdr)
                 else:
                     os.write(self._tun_fd, inner)
             except OSError:
@@ -718,7 +721,7 @@ class UserspaceDataPlane:
             log.warning(msg, *args)
 
 
-def _transport_view(child: ChildSaEstablished) -> tuple[ChildSaEstablished, Rebuild]:
+def _transport_view(child: ChildSaEstablished, partial: bool = False) -> tuple[ChildSaEstablished, Rebuild]:
     """A transport-mode child as this plane carries it: only traffic between the two outer addresses,
     so its selectors are narrowed to them (keeping protocol and ports; behind a NAT the negotiated
     selectors name the peer's private address, RFC 7296 §2.23.1), and the header rebuilder for its
@@ -744,6 +747,7 @@ def _transport_view(child: ChildSaEstablished) -> tuple[ChildSaEstablished, Rebu
     local_ts, orig_local = narrow(child.local_ts, lip)
     remote_ts, orig_remote = narrow(child.remote_ts, rip)
     # Without UDP encapsulation no NAT can sit between us: the addresses are the peer's own.
-    nat_view = (orig_remote, orig_local) if child.udp_encap else (None, None)
-    rebuild = Rebuild(str(rip), str(lip), *nat_view)
+    if not child.udp_encap:
+        orig_remote, orig_local = str(rip), str(lip)
+    rebuild = Rebuild(str(rip), str(lip), orig_remote, orig_local, partial=partial)
     return dataclasses.replace(child, local_ts=local_ts, remote_ts=remote_ts), rebuild

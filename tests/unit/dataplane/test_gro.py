@@ -171,3 +171,21 @@ def test_kernel_refusing_gso_gets_the_segments_unmerged() -> None:
     assert written == [PLAIN + s for s in segs] and not g.enabled
     g.add(segs[0])  # from now on packets go straight through
     assert written[-1] == PLAIN + segs[0]
+
+
+def test_a_packets_own_header_is_kept_when_it_is_written_alone() -> None:
+    """Transport mode hands packets over with a "checksum partial" header: a segment written alone
+    (a chain of one, or a packet that cannot merge) keeps it; merged ones get the GSO header."""
+    own = VNET_HDR.pack(VIRTIO_NET_HDR_F_NEEDS_CSUM, 0, 0, 0, 20, 16)
+    sink = Sink()
+    g = Coalescer(sink)
+    one = seg(1)
+    g.add(one, own)
+    g.flush()
+    udp = bytes(IP(src="198.19.1.1", dst="198.19.2.1") / UDP() / Raw(b"x" * 40))
+    g.add(udp, own)
+    assert sink.out == [own + one, own + udp]
+    g.add(seg(1), own)
+    g.add(seg(1 + MSS), own)
+    g.flush()
+    assert VNET_HDR.unpack(sink.out[-1][: len(PLAIN)])[1] == VIRTIO_NET_HDR_GSO_TCPV4
