@@ -459,3 +459,17 @@ def test_transport_mode_host_to_host_v6_udp() -> None:
                 _tcp_transfer(a, b, b.outer6, a.outer6, 300_000)
             _only_esp(cap.packets, a.outer6, b.outer6, True)
         assert res["b"]["dropped_in"] == 0 and res["b"]["bytes_in"] > 300_000, res
+
+
+def test_time_lifetime_soft_once_then_hard_stops_traffic() -> None:
+    """Time limits run on the plane's timers: soft (at 90%) is reported once although both SAs of the
+    child reach it, hard once, and after hard the child carries nothing."""
+    with two_hosts() as (a, b):
+        with tunnel(a, b, [a.inner_net4], [b.inner_net4], (a.outer4, b.outer4), extra=["--lifetime-s", "3"]) as res:
+            t0 = time.monotonic()
+            assert a.ping(b.inner4, count=2, src=a.inner4).returncode == 0
+            time.sleep(max(0.0, 3.5 - (time.monotonic() - t0)))
+            assert a.ping(b.inner4, count=2, src=a.inner4, timeout=6).returncode != 0
+        for side in ("a", "b"):
+            assert res[side]["expiries"] == [[1, "soft"], [1, "hard"]], res
+            assert res[side]["packets_out"] == 2, res  # nothing left after the hard limit
