@@ -178,6 +178,7 @@ class Daemon:
             type(self.dataplane).__name__ if self.dataplane is not None else "none",
             self.sock,
         )
+        manager.feed_liveness()
         if not self.ns.no_autostart:
             targets = policies.autostart()
             if targets:

@@ -46,7 +46,8 @@ log = logging.getLogger("ike.daemon.manager")
 MAX_DEAD_ENTRIES = 200  # failed/expired tunnels kept for `ike cmd=list` until removed
 HALF_OPEN_TIMEOUT_S = 60.0  # a responder that is not established by then is dropped
 RESTART_DELAY_S = 2.0
-DELETE_GRACE_S = 30.0  # an engine that has not finished a requested delete by then is dropped
+DELETE_GRACE_S = 30.0
+LIVENESS_FEED_S = 5.0  # an engine that has not finished a requested delete by then is dropped
 
 
 class EngineFactory(Protocol):
@@ -135,6 +136,7 @@ class P2Entry:
     sas: dict[int, int | None] = field(default_factory=dict)
     shown: dict[int, ChildSaEstablished] = field(default_factory=dict)  # child_id -> its event
     totals: dict[str, int] = field(default_factory=dict)  # counters of SAs already gone
+    packets_seen_at: float | None = None  # the data plane's last_used, as last told to the engine
     protocol: str = ""
     mode: str = ""
     proposal: str = ""
@@ -408,6 +410,9 @@ class TunnelManager:
 
     def _finished(self, slot: Slot) -> bool:
         done = getattr(slot.engine, "finished", None)
+        is_finished = getattr(slot.engine, "is_finished", None)
+        if callable(is_finished):
+            done = bool(is_finished())
         if isinstance(done, bool):
             # The engine knows best (IKEv1 keeps phase 2 SAs after its ISAKMP SA is gone).
             return done and slot.p1_pending is None and not any(slot.p2_pending.values())
@@ -867,6 +872,29 @@ class TunnelManager:
         elif entry.refresh and entry.live and child_id == entry.child_id and slot.ike_alive:
             log.info("phase 2 tunnel %d: lifetime nearly used, rekeying", entry.number)
             self._call(slot, lambda e: e.rekey_child(child_id, self.now()))
+
+    def feed_liveness(self) -> None:
+        """Tell engines when their peer's ESP last arrived, so that DPD probes only idle peers
+        (RFC 3706). Runs every LIVENESS_FEED_S over the live phase 2 tunnels, not per packet."""
+        if self.dataplane is not None:
+            for entry in list(self.p2_live_by_def.values()):
+                slot = entry.slot
+                seen = getattr(slot.engine, "traffic_seen", None) if slot is not None else None
+                if not callable(seen) or entry.dp_id is None:
+                    continue
+                try:
+                    counters = self.dataplane.counters(entry.dp_id)
+                except Exception:
+                    counters = None  # an SA the data plane no longer has: nothing to report
+                last = getattr(counters, "last_used", None)
+                if isinstance(last, float) and entry.packets_seen_at != last:
+                    entry.packets_seen_at = last
+                    try:
+                        seen(last)
+                    except Exception:
+                        log.exception("traffic_seen failed")
+        if not self._closing:
+            self.loop.call_later(LIVENESS_FEED_S, self.feed_liveness)
 
     # --- what `ike` asks for --------------------------------------------------------------------
 

@@ -66,6 +66,7 @@ class ToyEngine:
         self.children: dict[int, ToyChild] = {}
         self.next_child = 1
         self.keys_seen: list[bytes] = []  # every key handed out, for log-leak tests
+        self.heard: list[float] = []  # traffic_seen calls
 
     # --- helpers
     def _send(self, body: dict[str, object], retransmit: bool, now: float) -> None:
@@ -278,6 +279,9 @@ class ToyEngine:
 
     def is_established(self) -> bool:
         return self.established
+
+    def traffic_seen(self, now: float) -> None:
+        self.heard.append(now)
 
 
 class ToyFactory:

@@ -380,3 +380,31 @@ def test_data_plane_refusal_fails_the_tunnel_with_its_reason(net: Net) -> None:
     assert entry.state == "failed" and "data plane refused the SA" in (entry.last_error or "")
     assert net.a.p1[1].state == "established"
     assert not any(e.live for e in net.b.p2.values())  # the peer was told to delete it
+
+
+def test_liveness_feed_reports_new_traffic_once(net: Net) -> None:
+    from ike.dataplane.base import ChildCounters
+
+    class Seen(NoneDataPlane):
+        """The none data plane, plus the time of a last packet, as the userspace one reports."""
+
+        last: float | None = None
+
+        def counters(self, child_id: int) -> ChildCounters:
+            c = super().counters(child_id)
+            c.last_used = self.last
+            return c
+
+    dp = Seen()
+    net.a.dataplane = dp
+    net.a.activate(net.pa.by_numbers([10], None), None)
+    settle(net)
+    (slot,) = net.a.slots.values()
+    engine = slot.engine
+    net.a.feed_liveness()
+    assert engine.heard == []  # type: ignore[attr-defined]
+    dp.last = 123.5
+    net.a.feed_liveness()
+    net.a.feed_liveness()
+    assert engine.heard == [123.5]  # type: ignore[attr-defined]
+    net.a._closing = True  # stop the periodic re-arm before the loop closes
