@@ -87,8 +87,11 @@ def tunnel(
     integ: str | None = None,
     udp: bool = True,
     extra: list[str] | None = None,
+    extra_a: list[str] | None = None,
+    extra_b: list[str] | None = None,
 ) -> Iterator[dict[str, dict[str, object]]]:
-    """Run the manual data plane in both hosts; yields a dict filled with each side's final counters."""
+    """Run the manual data plane in both hosts; yields a dict filled with each side's final counters.
+    `extra` goes to both command lines, `extra_a`/`extra_b` to one."""
     k = _keys(encr, keylen, integ)
     env = _ENV
     procs = {}
@@ -123,7 +126,8 @@ def tunnel(
     result: dict[str, dict[str, object]] = {}
     try:
         for name, (h, lo, re, lts, rts, si, so, kin, kout, ikin, ikout) in specs.items():
-            cmd = _cmd(lo, re, lts, rts, si, so, kin, kout, encr, keylen, integ, ikin, ikout, udp, extra or [])
+            own = (extra_a if name == "a" else extra_b) or []
+            cmd = _cmd(lo, re, lts, rts, si, so, kin, kout, encr, keylen, integ, ikin, ikout, udp, (extra or []) + own)
             p = h.popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
             procs[name] = p
             assert p.stdout is not None
@@ -473,3 +477,40 @@ def test_time_lifetime_soft_once_then_hard_stops_traffic() -> None:
         for side in ("a", "b"):
             assert res[side]["expiries"] == [[1, "soft"], [1, "hard"]], res
             assert res[side]["packets_out"] == 2, res  # nothing left after the hard limit
+
+
+def _marked_connect(b: Host, src: str, dst: str, port: int) -> None:
+    """A TCP SYN from b to dst:port past the tunnel (bypass mark); nobody needs to answer."""
+    code = (
+        "import socket,sys\n"
+        "s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, 36, 0x494B45); s.settimeout(0.5)\n"
+        "s.bind((sys.argv[1], 0))\n"
+        "try: s.connect((sys.argv[2], int(sys.argv[3])))\n"
+        "except OSError: pass\n"
+    )
+    b.run([sys.executable, "-c", code, src, dst, str(port)], check=False)
+
+
+def test_port_restricted_selectors_filter_only_their_traffic() -> None:
+    """A child for TCP to port 5201 only: cleartext TCP to 5201 from the remote net is dropped by the
+    filter, cleartext TCP to another port and ICMP are not the child's business and pass it."""
+    require_tools("nft")
+    with two_hosts() as (a, b):
+        b.run(["ip", "route", "replace", f"{a.inner4}/32", "via", a.outer4, "dev", "veth0"])
+        with tunnel(
+            a,
+            b,
+            [a.inner_net4],
+            [b.inner_net4],
+            (a.outer4, b.outer4),
+            extra=["--proto", "6"],
+            extra_a=["--local-port", "5201"],
+            extra_b=["--remote-port", "5201"],
+        ):
+            _tcp_transfer(b, a, a.inner4, b.inner4, 100_000)  # a serves on 5201, through the tunnel
+            before = _drops(a)
+            _marked_connect(b, b.inner4, a.inner4, 5202)
+            b.run(["ping", "-n", "-c", "1", "-W", "1", "-m", _MARK, "-I", b.inner4, a.inner4], check=False)
+            assert _drops(a) == before
+            _marked_connect(b, b.inner4, a.inner4, 5201)
+            assert _drops(a) > before

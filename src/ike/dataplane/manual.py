@@ -53,8 +53,8 @@ def _spi(text: str) -> bytes:
 
 
 def build_child(a: argparse.Namespace) -> ChildSaEstablished:
-    local_ts = tuple(TrafficSelector.parse(t) for t in a.local_ts)
-    remote_ts = tuple(TrafficSelector.parse(t) for t in a.remote_ts)
+    local_ts = tuple(TrafficSelector.parse(t, a.proto, a.local_port) for t in a.local_ts)
+    remote_ts = tuple(TrafficSelector.parse(t, a.proto, a.remote_port) for t in a.remote_ts)
     prop = EspProposal(a.encr, a.keylen, a.integ, a.esn)
     pol = DataManagementPolicy("manual", proposals=(prop,), lifetime_s=a.lifetime_s, lifetime_kb=a.lifetime_kb)
     p2 = Phase2Tunnel(0, "manual", 0, local_ts[0], remote_ts[0], pol)
@@ -86,6 +86,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--remote", required=True, help="the peer's outer address")
     p.add_argument("--local-ts", action="append", required=True, help="local selector (repeatable)")
     p.add_argument("--remote-ts", action="append", required=True, help="remote selector (repeatable)")
+    p.add_argument("--proto", type=int, default=0, help="IP protocol of every selector (0 = any)")
+    p.add_argument("--local-port", type=int, default=0, help="port of the local selectors (0 = any)")
+    p.add_argument("--remote-port", type=int, default=0, help="port of the remote selectors (0 = any)")
     p.add_argument("--spi-in", type=_spi, required=True, help="hex")
     p.add_argument("--spi-out", type=_spi, required=True, help="hex")
     p.add_argument("--encr", default="aes-gcm-16")
