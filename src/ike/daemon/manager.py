@@ -547,6 +547,8 @@ class TunnelManager:
         entry = slot.p1_by_sa.pop(ev.sa_id, None)
         if entry is None or (entry.sa_id != ev.sa_id and entry.state in (*LIVE, "deleting")):
             return  # an SA that was rekeyed away; the tunnel goes on under its successor
+        if ev.reason == "rekeyed" and any(e is entry for e in slot.p1_by_sa.values()):
+            return  # its successor is already registered under another sa_id
         reason = ev.reason
         slot.ike_alive = False
         if slot.version == 2:
