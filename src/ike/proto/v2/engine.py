@@ -142,6 +142,9 @@ class Ikev2Engine:
         self._out: list[Datagram] = []
         self._events: deque[Event] = deque()
         self._now = 0.0
+        # Outbound SPIs the peer deleted before we knew them (its Delete overtook the response that
+        # creates the child): such a child is not installed when that response arrives.
+        self._deleted_early: dict[bytes, float] = {}
         self._ca_cache: dict[str, list[x509.Certificate]] = {}
         self._keyid_cache: dict[str, list[bytes]] = {}
         self._own_cache: dict[tuple[str, str], tuple[x509.Certificate, certs.PrivateKey]] = {}
@@ -366,6 +369,9 @@ class Ikev2Engine:
                 _CHILD_SPIS.add(spi)
                 return spi
 
+    def release_child_spi(self, spi: bytes) -> None:
+        _CHILD_SPIS.discard(spi)
+
     def new_child_id(self) -> int:
         return next(_child_ids)
 
@@ -408,6 +414,8 @@ class Ikev2Engine:
             sa.local = (sa.local[0], 4500)
 
     def queue(self, sa: IkeSa, task: Task, now: float) -> None:
+        if not isinstance(task, DeleteIke):
+            sa = self.live_sa(sa)  # work for children follows them to the IKE SA that replaced this one
         if isinstance(task, IkeRekey | Dpd) and any(type(t) is type(task) for t in sa.tasks):
             return
         sa.tasks.append(task)
@@ -520,7 +528,31 @@ class Ikev2Engine:
         self._announce(new, now)
         self._kick(new, now)
 
+    def note_deleted_early(self, spi: bytes, now: float) -> None:
+        for k in [k for k, t in self._deleted_early.items() if now - t > 300]:
+            del self._deleted_early[k]
+        if len(self._deleted_early) < 256:
+            self._deleted_early[spi] = now
+
+    def deleted_early(self, spi: bytes) -> bool:
+        return self._deleted_early.pop(spi, None) is not None
+
+    def live_sa(self, sa: IkeSa) -> IkeSa:
+        """The IKE SA that now holds `sa`'s children: itself, or the one(s) that replaced it."""
+        while sa.successor is not None and sa.successor.state is not IkeState.DEAD:
+            sa = sa.successor
+        return sa
+
+    def find_child(self, child_id: int) -> ChildSa | None:
+        """A CHILD SA wherever it lives now (an IKE rekey moves children under exchanges in flight)."""
+        for s in self._sas.values():
+            c = s.children.get(child_id)
+            if c is not None:
+                return c
+        return None
+
     def add_child(self, sa: IkeSa, child: ChildSa, now: float) -> None:
+        sa = self.live_sa(sa)
         sa.children[child.child_id] = child
         k = child.keys
         i_keys, r_keys = (k.encr_i, k.integ_i), (k.encr_r, k.integ_r)
@@ -553,20 +585,33 @@ class Ikev2Engine:
         if child.state is ChildState.DELETED:
             return
         child.set_state(ChildState.DELETED)
-        sa.children.pop(child.child_id, None)
+        for s in self._sas.values():
+            s.children.pop(child.child_id, None)
         _CHILD_SPIS.discard(child.spi_in)
         self.emit(ChildSaDeleted(child.child_id, reason))
 
     def child_by_outbound_spi(self, sa: IkeSa, spi: bytes) -> ChildSa | None:
-        for c in sa.children.values():
-            if c.spi_out == spi:
-                return c
+        """The peer names a CHILD SA by its inbound SPI, our outbound one. Searched under every IKE SA
+        of ours: a request may arrive on the IKE SA the child was moved away from by a rekey."""
+        for s in (sa, *self._sas.values()):
+            for c in s.children.values():
+                if c.spi_out == spi:
+                    return c
         return None
 
     def kill_sa(self, sa: IkeSa, reason: str, now: float, quiet: bool = False) -> None:
         """End `sa` here (no message): its children go with it (RFC 7296 §1.4.1)."""
         if sa.state is IkeState.DEAD:
             return
+        heir = self.live_sa(sa) if sa.successor is not None else None
+        if heir is not None and heir is not sa and heir.state is IkeState.ESTABLISHED:
+            # Closed after a rekey with work unfinished (the peer deleted it under our request):
+            # the work concerns children that now live under the new IKE SA, so it goes there.
+            pending = ([sa.outstanding.task] if sa.outstanding is not None else []) + list(sa.tasks)
+            for t in pending:
+                fresh = None if isinstance(t, DeleteIke) else t.restart(self)
+                if fresh is not None:
+                    heir.tasks.append(fresh)
         for child in list(sa.children.values()):
             self.remove_child(sa, child, f"IKE SA closed: {reason}" if reason else "IKE SA closed")
         self.set_state(sa, IkeState.DEAD)
@@ -582,6 +627,8 @@ class Ikev2Engine:
         if self.sa is sa:
             live = [s for s in self._sas.values() if s.state is IkeState.ESTABLISHED]
             self.sa = live[-1] if live else None
+        if heir is not None and heir.tasks and heir.state is IkeState.ESTABLISHED:
+            self._kick(heir, now)
 
     def tell_auth_failed(self, sa: IkeSa) -> None:
         """We reject the responder after it considers the IKE SA up: tell it once, unacknowledged

@@ -39,6 +39,11 @@ class Task:
     def process_i(self, eng: Ikev2Engine, sa: IkeSa, msg: Message, now: float) -> Result:
         raise NotImplementedError
 
+    def restart(self, eng: Ikev2Engine) -> Task | None:
+        """A fresh task doing the same work, when the IKE SA this one ran on was closed after a
+        rekey with it unfinished (the work then moves to the new IKE SA); None to drop it."""
+        return None
+
     def give_up(self, eng: Ikev2Engine, sa: IkeSa, now: float) -> None:
         """No response after all retransmissions: by default the peer is gone (§2.4)."""
         eng.peer_unreachable(

@@ -190,6 +190,10 @@ def process_response(
             peer_offered=("mode tunnel",),
         )
         return None
+    if eng.deleted_early(sap.proposals[0].spi):
+        eng.stats["children deleted by the peer before they were up"] += 1
+        eng.release_child_spi(offer.spi_in)
+        return None
     keys = derive_child_keys(
         sa.proposal.prf if sa.proposal else "",
         sa.keys.sk_d if sa.keys else b"",
@@ -362,6 +366,11 @@ class ChildCreate(Task):
     def __init__(self, phase2: Phase2Tunnel) -> None:
         self.phase2 = phase2
         self.offer: ChildOffer | None = None
+
+    def restart(self, eng: Ikev2Engine) -> Task | None:
+        if self.offer is not None:
+            eng.release_child_spi(self.offer.spi_in)
+        return ChildCreate(self.phase2)
 
     def build_i(self, eng: Ikev2Engine, sa: IkeSa, now: float) -> list[Payload] | None:
         self.offer = ChildOffer.make(eng, self.phase2, self.phase2.policy.pfs_group, True)

@@ -39,8 +39,21 @@ class ChildRekey(Task):
         self.child_id = child_id
         self.offer: child_create.ChildOffer | None = None
 
+    def restart(self, eng: Ikev2Engine) -> Task | None:
+        old = eng.find_child(self.child_id)
+        if old is None:
+            return None
+        if self.offer is not None:
+            eng.release_child_spi(self.offer.spi_in)
+        if old.state is ChildState.REKEYING:
+            if old.peer_rekey is not None and old.peer_rekey.state is not ChildState.DELETED:
+                old.set_state(ChildState.REKEYED)  # the peer's rekey took over
+                return None
+            old.set_state(ChildState.INSTALLED)
+        return ChildRekey(self.child_id)
+
     def build_i(self, eng: Ikev2Engine, sa: IkeSa, now: float) -> list[Payload] | None:
-        old = sa.children.get(self.child_id)
+        old = eng.find_child(self.child_id)
         if old is None or old.state is not ChildState.INSTALLED:
             return None
         old.set_state(ChildState.REKEYING)
@@ -53,10 +66,14 @@ class ChildRekey(Task):
 
     def process_i(self, eng: Ikev2Engine, sa: IkeSa, msg: Message, now: float) -> Result:
         assert self.offer is not None
-        old = sa.children.get(self.child_id)
+        old = eng.find_child(self.child_id)
         nonce = msg.get(NoncePayload)
         new = None
         if old is not None:
+            if msg.notify(n.CHILD_SA_NOT_FOUND) is not None and old.peer_rekey is None:
+                # The peer has no such SA any more (its Delete crossed ours or got lost): drop ours too.
+                eng.remove_child(sa, old, "unknown to the peer")
+                return Result.DONE
             if msg.notify(n.TEMPORARY_FAILURE) is not None or msg.notify(n.CHILD_SA_NOT_FOUND) is not None:
                 # The peer is busy with this SA (its own rekey won, or it is deleting it).
                 _rekey_failed(old, now)

@@ -28,20 +28,26 @@ class DeleteChild(Task):
     name = "INFORMATIONAL (delete child SA)"
     runs_in = frozenset({IkeState.ESTABLISHED, IkeState.REKEYED})
 
-    def __init__(self, child_id: int, reason: str) -> None:
+    def __init__(self, child_id: int, reason: str, resend: bool = False) -> None:
         self.child_id = child_id
         self.reason = reason
+        self.resend = resend
+
+    def restart(self, eng: Ikev2Engine) -> Task | None:
+        return DeleteChild(self.child_id, self.reason, resend=True)
 
     def build_i(self, eng: Ikev2Engine, sa: IkeSa, now: float) -> list[Payload] | None:
-        child = sa.children.get(self.child_id)
-        if child is None or child.state in (ChildState.DELETING, ChildState.DELETED):
+        child = eng.find_child(self.child_id)
+        if child is None or child.state is ChildState.DELETED:
+            return None
+        if child.state is ChildState.DELETING and not self.resend:
             return None
         child.set_state(ChildState.DELETING)
         proto = PROTO_AH if child.protocol == "ah" else PROTO_ESP
         return [DeletePayload(protocol=proto, spis=[child.spi_in])]
 
     def process_i(self, eng: Ikev2Engine, sa: IkeSa, msg: Message, now: float) -> Result:
-        child = sa.children.get(self.child_id)
+        child = eng.find_child(self.child_id)
         if child is not None:
             eng.remove_child(sa, child, self.reason)
         return Result.DONE
@@ -77,6 +83,8 @@ def process_r(eng: Ikev2Engine, sa: IkeSa, msg: Message, now: float) -> Reply:
         for spi in d.spis:
             child = eng.child_by_outbound_spi(sa, spi)
             if child is None or child.state is ChildState.DELETED:
+                if child is None:
+                    eng.note_deleted_early(spi, now)
                 continue
             if child.state is not ChildState.DELETING:
                 answer.setdefault(d.protocol, []).append(child.spi_in)
