@@ -19,7 +19,7 @@ import pytest
 
 import ike
 from harness import require, require_root, require_tools
-from harness.netns import Host, capture, existing_namespaces, two_hosts
+from harness.netns import Host, capture, existing_namespaces, new_ns_name, two_hosts
 from ike.proto.transforms import ENCR, INTEG
 
 # The namespace processes must run the same `ike` this test imported (not whatever is installed).
@@ -514,3 +514,44 @@ def test_port_restricted_selectors_filter_only_their_traffic() -> None:
             assert _drops(a) == before
             _marked_connect(b, b.inner4, a.inner4, 5201)
             assert _drops(a) > before
+
+
+@contextmanager
+def _host_behind(gw: Host, addr: str, gw_addr: str) -> Iterator[Host]:
+    """A third namespace on a veth behind `gw` (which forwards), removed afterwards."""
+    c = Host(new_ns_name())
+    subprocess.run(["ip", "netns", "add", c.name], check=True)
+    try:
+        subprocess.run(
+            ["ip", "link", "add", "lan1", "netns", gw.name, "type", "veth", "peer", "name", "eth0", "netns", c.name],
+            check=True,
+        )
+        gw.run(["ip", "addr", "add", f"{gw_addr}/24", "dev", "lan1"])
+        gw.run(["ip", "link", "set", "lan1", "up"])
+        gw.run(["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])
+        c.run(["ip", "addr", "add", f"{addr}/24", "dev", "eth0"])
+        c.run(["ip", "link", "set", "eth0", "up"])
+        c.run(["ip", "link", "set", "lo", "up"])
+        c.run(["ip", "route", "add", "default", "via", gw_addr])
+        yield c
+    finally:
+        c.kill_all()
+        subprocess.run(["ip", "netns", "del", c.name], check=False)
+
+
+@pytest.mark.parametrize("filtered", [True, False], ids=["filter", "no-filter"])
+def test_cleartext_bypass_to_a_host_behind_the_gateway_is_dropped(filtered: bool) -> None:
+    """The forward hook: cleartext for a host behind gateway a, from b's inside net, is not forwarded
+    while the same ping through the tunnel is."""
+    require_tools("nft")
+    behind, gw_addr, net = "198.19.3.2", "198.19.3.1", "198.19.3.0/24"
+    with two_hosts() as (a, b), _host_behind(a, behind, gw_addr):
+        extra = [] if filtered else ["--no-filter"]
+        with tunnel(a, b, [a.inner_net4, net], [b.inner_net4], (a.outer4, b.outer4), extra=extra):
+            assert b.ping(behind, count=2, src=b.inner4).returncode == 0  # through the tunnel
+            r = _bypass_ping(b, behind, b.inner4, a.outer4)
+            if filtered:
+                assert r.returncode != 0, r.stdout
+                assert _drops(a) >= 2
+            else:
+                assert r.returncode == 0, r.stdout
