@@ -145,6 +145,7 @@ class Ikev2Engine:
         # Outbound SPIs the peer deleted before we knew them (its Delete overtook the response that
         # creates the child): such a child is not installed when that response arrives.
         self._deleted_early: dict[bytes, float] = {}
+        self._closing = False
         self._ca_cache: dict[str, list[x509.Certificate]] = {}
         self._keyid_cache: dict[str, list[bytes]] = {}
         self._own_cache: dict[tuple[str, str], tuple[x509.Certificate, certs.PrivateKey]] = {}
@@ -603,7 +604,7 @@ class Ikev2Engine:
         """End `sa` here (no message): its children go with it (RFC 7296 §1.4.1)."""
         if sa.state is IkeState.DEAD:
             return
-        heir = self.live_sa(sa) if sa.successor is not None else None
+        heir = self.live_sa(sa) if sa.successor is not None and not self._closing else None
         if heir is not None and heir is not sa and heir.state is IkeState.ESTABLISHED:
             # Closed after a rekey with work unfinished (the peer deleted it under our request):
             # the work concerns children that now live under the new IKE SA, so it goes there.
@@ -656,8 +657,12 @@ class Ikev2Engine:
             if c.state not in (ChildState.REKEYED, ChildState.DELETED)
         ]
         p1 = sa.phase1
-        for s in list(self._sas.values()):
-            self.kill_sa(s, reason, now)
+        self._closing = True  # every IKE SA goes: no work moves between them
+        try:
+            for s in list(self._sas.values()):
+                self.kill_sa(s, reason, now)
+        finally:
+            self._closing = False
         if p1 is not None and p1.policy.dpd_action is DpdAction.RESTART:
             self.phase1 = p1
             self._wanted = list(dict.fromkeys(wanted)) or self._wanted
