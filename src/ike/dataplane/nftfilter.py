@@ -18,7 +18,9 @@ close. Each install/remove is one `nft -f -` transaction that adds/deletes set e
 
 Identical elements from several children (a rekeyed child has its predecessor's selectors) are
 reference-counted here, so the set holds each once and it leaves with the last child using it.
-IKE (UDP 500/4500), ESP, loopback and IPv6 neighbour discovery always pass.
+IKE (UDP 500/4500), ESP, loopback, IPv6 neighbour discovery and ICMP errors always pass (the last so
+that path MTU discovery keeps working for host-to-host tunnels, whose ESP packets travel between
+addresses inside the selectors; a kernel checks such errors against the packet they quote instead).
 """
 
 from __future__ import annotations
@@ -133,7 +135,9 @@ table inet {table} {{
     iifname "{tun_name}" accept
     meta l4proto esp accept
     udp dport {{ 500, 4500 }} accept
-    icmpv6 type {{ nd-router-solicit, nd-router-advert, nd-neighbor-solicit, nd-neighbor-advert, nd-redirect }} accept
+    icmp type {{ destination-unreachable, time-exceeded, parameter-problem }} accept
+    icmpv6 type {{ destination-unreachable, packet-too-big, time-exceeded, parameter-problem, nd-router-solicit, \
+nd-router-advert, nd-neighbor-solicit, nd-neighbor-advert, nd-redirect }} accept
   }}
   chain input {{
     type filter hook input priority filter; policy accept;

@@ -48,7 +48,12 @@ def test_protocol_and_port_selectors_go_to_the_interval_set() -> None:
 def test_base_script_replaces_a_leftover_table_and_lets_ike_esp_and_the_tunnel_pass() -> None:
     s = base_script("ike", "ike0")
     assert s.index("delete table inet ike") < s.index("table inet ike {")
-    for rule in ('iifname "ike0" accept', "meta l4proto esp accept", "udp dport { 500, 4500 } accept"):
+    for rule in (
+        'iifname "ike0" accept',
+        "meta l4proto esp accept",
+        "udp dport { 500, 4500 } accept",
+        "packet-too-big",
+    ):
         assert rule in s
     assert "hook input" in s and "hook forward" in s
     assert table_name_for("ike0") == "ike" and table_name_for("tun-x.1") == "ike_tun_x_1"
