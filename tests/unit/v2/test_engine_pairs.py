@@ -596,3 +596,14 @@ def test_ike_auth_child_proposal_with_dh_is_accepted(monkeypatch: pytest.MonkeyP
     (b,) = net.r.of(ChildSaEstablished)  # (our own initiator, patched, then expects a DH answer)
     assert b.pfs_group == 0
     assert not net.r.of(NegotiationFailed)
+
+
+def test_cookie_secret_rotation() -> None:
+    g = CookieGuard(lifetime=100)
+    ni, spi = b"n" * 32, b"s" * 8
+    c = g.make(ni, "198.18.0.1", spi, 1000.0)
+    assert g.check(c, ni, "198.18.0.1", spi, 1050.0)
+    assert not g.check(c, ni, "198.18.0.9", spi, 1050.0)
+    assert not g.check(c[:-1] + bytes([c[-1] ^ 1]), ni, "198.18.0.1", spi, 1050.0)
+    assert g.check(c, ni, "198.18.0.1", spi, 1150.0)  # one rotation: the previous secret still works
+    assert not g.check(c, ni, "198.18.0.1", spi, 1300.0)  # two rotations: expired

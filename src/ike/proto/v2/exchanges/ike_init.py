@@ -16,7 +16,6 @@ import hmac
 import ipaddress
 import os
 import struct
-import time
 from typing import TYPE_CHECKING
 
 from ike.policy import AuthMethod, IkeProposal
@@ -239,32 +238,32 @@ class IkeInit(Task):
 class CookieGuard:
     """Counts half-open IKE SAs of this process and makes and checks COOKIEs (§2.6).
     Cookie = version | SHA-256(Ni | IPi | SPIi | secret); the secret changes every `lifetime` seconds
-    and the previous one is still accepted."""
+    of the time the engines are given, and the previous one is still accepted."""
 
     def __init__(self, lifetime: float = 300.0) -> None:
         self.half_open = 0
         self.lifetime = lifetime
         self._secrets = [os.urandom(32), os.urandom(32)]
         self._version = 0
-        self._rotated = time.monotonic()
+        self._rotated: float | None = None
 
-    def _rotate(self) -> None:
-        t = time.monotonic()  # only to age the secret, never for protocol timing
-        if t - self._rotated > self.lifetime:
+    def _rotate(self, now: float) -> None:
+        if self._rotated is None or now < self._rotated:
+            self._rotated = now
+        elif now - self._rotated > self.lifetime:
             self._version = (self._version + 1) % 256
             self._secrets = [os.urandom(32), self._secrets[0]]
-            self._rotated = t
+            self._rotated = now
 
     def _make(self, version: int, secret: bytes, ni: bytes, ip: str, spi_i: bytes) -> bytes:
-        ipb = ipaddress.ip_address(ip).packed
-        return bytes([version]) + hashlib.sha256(ni + ipb + spi_i + secret).digest()
+        return bytes([version]) + hashlib.sha256(ni + _packed(ip) + spi_i + secret).digest()
 
-    def make(self, ni: bytes, ip: str, spi_i: bytes) -> bytes:
-        self._rotate()
+    def make(self, ni: bytes, ip: str, spi_i: bytes, now: float) -> bytes:
+        self._rotate(now)
         return self._make(self._version, self._secrets[0], ni, ip, spi_i)
 
-    def check(self, cookie: bytes, ni: bytes, ip: str, spi_i: bytes) -> bool:
-        self._rotate()
+    def check(self, cookie: bytes, ni: bytes, ip: str, spi_i: bytes, now: float) -> bool:
+        self._rotate(now)
         if not cookie:
             return False
         for version, secret in ((self._version, self._secrets[0]), ((self._version - 1) % 256, self._secrets[1])):
@@ -302,9 +301,12 @@ def process_r(eng: Ikev2Engine, dg: Datagram, msg: Message, now: float) -> IkeSa
     guard = eng.cookie_guard
     if guard.half_open >= eng.settings.half_open_cookie_threshold:
         c = msg.notify(n.COOKIE)
-        if c is None or not guard.check(c.data, nonce.data, dg.remote[0], h.spi_i):
+        if c is None or not guard.check(c.data, nonce.data, dg.remote[0], h.spi_i, now):
             _reply(
-                eng, dg, h, [NotifyPayload(notify_type=n.COOKIE, data=guard.make(nonce.data, dg.remote[0], h.spi_i))]
+                eng,
+                dg,
+                h,
+                [NotifyPayload(notify_type=n.COOKIE, data=guard.make(nonce.data, dg.remote[0], h.spi_i, now))],
             )
             return None
     candidates = tuple(t for t in eng.policies.phase1_by_address(dg.local[0], dg.remote[0]) if t.policy.version == 2)
