@@ -555,3 +555,30 @@ def test_cleartext_bypass_to_a_host_behind_the_gateway_is_dropped(filtered: bool
                 assert _drops(a) >= 2
             else:
                 assert r.returncode == 0, r.stdout
+
+
+def test_filter_through_libnftables_and_the_nft_program_alike() -> None:
+    """The same changes through libnftables (in-process) and through the nft program (the fallback)
+    leave the same table; close removes it."""
+    require_tools("nft")
+    code = (
+        "import subprocess,sys\n"
+        "from ike.dataplane.nftfilter import InboundFilter\n"
+        "from ike.policy import TrafficSelector as T\n"
+        "f = InboundFilter('ike0', lib=sys.argv[1])\n"
+        "assert f.start()\n"
+        "assert (f._lib is not None) == (sys.argv[1] == 'libnftables.so.1')\n"
+        "f.add(1, [T.subnet('198.19.1.0/24'), T.host('198.19.1.1', 6, 80)], [T.subnet('198.19.2.0/24')])\n"
+        "f.add(2, [T.subnet('198.19.1.0/24')], [T.subnet('198.19.2.0/24')])\n"
+        "f.add(3, [T.subnet('2001:db8:1::/64')], [T.subnet('2001:db8:2::/64')])\n"
+        "f.remove(1); f.remove(3)\n"
+        "print(subprocess.run(['nft', 'list', 'table', 'inet', 'ike'], capture_output=True, text=True).stdout)\n"
+        "f.close()\n"
+        "print('after:', subprocess.run(['nft', 'list', 'tables'], capture_output=True, text=True).stdout)\n"
+    )
+    with two_hosts() as (a, _b):
+        lib = a.run([sys.executable, "-c", code, "libnftables.so.1"], env=_ENV).stdout
+        prog = a.run([sys.executable, "-c", code, "no-such-libnftables.so"], env=_ENV).stdout
+    assert lib == prog
+    assert "198.19.2.0 . 198.19.1.0" in lib and "2001:db8" not in lib and "tcp" not in lib
+    assert lib.rstrip().endswith("after:")

@@ -114,7 +114,7 @@ def test_without_nft_everything_is_a_logged_no_op(caplog: pytest.LogCaptureFixtu
 
 def test_missing_nft_program_is_named(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     monkeypatch.setenv("PATH", "/nonexistent")
-    f = InboundFilter("ike0")
+    f = InboundFilter("ike0", lib="libnftables-missing.so.1")
     with caplog.at_level(logging.WARNING):
         assert not f.start()
     assert "nft (package nftables) is not installed" in caplog.text
