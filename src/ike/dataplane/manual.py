@@ -152,6 +152,7 @@ async def run(a: argparse.Namespace) -> int:
             "no_policy": dp.no_policy,
             "unknown_spi": dp.unknown_spi,
             "send_errors": dp.send_errors,
+            "not_whole": dp.not_whole,
             "expiries": expiries,
         }
         print(json.dumps(report), flush=True)

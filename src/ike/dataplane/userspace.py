@@ -556,6 +556,13 @@ class UserspaceDataPlane:
                         whole = strip(pkt)
                         if whole is None:
                             self.not_whole += 1
+                            self._rate_log(
+                                "child SA %d: transport mode drops fragments and IPv6 extension headers "
+                                "(a datagram larger than the %s MTU %d?)",
+                                out.child_id,
+                                self.tun_name,
+                                self.mtu,
+                            )
                             continue
                         esp = out.sa.encapsulate(whole[1], whole[0])
                     else:
