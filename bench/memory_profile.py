@@ -1,8 +1,11 @@
 """Where iked's memory per established tunnel goes: two iked (none data plane), N child SAs under
-one IKEv2 phase 1; the initiating iked runs under tracemalloc and, on SIGUSR1, writes the
-allocation sites that grew since the baseline (one warm-up tunnel up) per tunnel.
+one IKEv2 phase 1; with --trace the initiating iked runs under tracemalloc and, on SIGUSR1, writes
+the allocation sites that grew since the baseline (one warm-up tunnel up) per tunnel.
 
-    python bench/memory_profile.py [--count 1000] [--top 30]
+    python bench/memory_profile.py [--count 1000] [--trace]
+
+Without --trace it reports the RSS growth per tunnel and what is left after gc.collect() and
+malloc_trim(0) (freed heap handed back), which separates live data from allocator high water.
 
 A profiling aid for docs/performance.md, not a benchmark: it prints no RESULT line.
 """
@@ -22,18 +25,35 @@ from common import P1, P2, find_process, iked_xml, log, parser, rss_kib
 # Runs iked with tracemalloc; SIGUSR2 takes the baseline, SIGUSR1 writes the growth per site.
 WRAPPER = r"""
 import signal, sys, tracemalloc
-tracemalloc.start(12)
 state = {}
-out, count = sys.argv.pop(1), int(sys.argv.pop(1))
+out, count, trace = sys.argv.pop(1), int(sys.argv.pop(1)), sys.argv.pop(1) == "trace"
+if trace:
+    tracemalloc.start(12)
 def base(*_):
-    state["s0"] = tracemalloc.take_snapshot()
+    if trace:
+        state["s0"] = tracemalloc.take_snapshot()
+def rss():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
 def dump(*_):
+    import ctypes, gc
+    r0 = rss()
+    gc.collect()
+    ctypes.CDLL("libc.so.6").malloc_trim(0)  # hand freed heap back: what stays is what is live
+    r1 = rss()
+    if not trace:
+        with open(out, "w") as f:
+            f.write(f"RSS {r0} KiB before, {r1} KiB after gc.collect() + malloc_trim(0)\n")
+        return
     s1 = tracemalloc.take_snapshot()
     filt = [tracemalloc.Filter(False, tracemalloc.__file__)]
     stats = s1.filter_traces(filt).compare_to(state["s0"].filter_traces(filt), "traceback")
     total = sum(s.size_diff for s in stats)
     with open(out, "w") as f:
         f.write(f"total {total / count:.0f} B per tunnel (traced Python allocations)\n")
+        f.write(f"RSS {r0} KiB before, {r1} KiB after gc.collect() + malloc_trim(0)\n")
         for s in stats[:40]:
             f.write(f"\n{s.size_diff / count:8.0f} B/tunnel {s.count_diff / count:6.1f} blocks\n")
             for fr in s.traceback.format()[-12:]:
@@ -48,6 +68,7 @@ sys.exit(main())
 def main() -> int:
     p = parser(__doc__)
     p.add_argument("--count", type=int, default=1000)
+    p.add_argument("--trace", action="store_true", help="tracemalloc growth by allocation site (slow)")
     a_ = p.parse_args()
     n = a_.count
     import tempfile
@@ -66,7 +87,8 @@ def main() -> int:
             ia.put(iked_xml([P1("gw", a.outer4, b.outer4)], p2a))
             ib.put(iked_xml([P1("gw", b.outer4, a.outer4)], p2b))
             ib.start()
-            cmd = [sys.executable, "-c", WRAPPER, str(out), str(n), "--dataplane", "none", "--listen", a.outer4]
+            mode = "trace" if a_.trace else "rss"
+            cmd = [sys.executable, "-c", WRAPPER, str(out), str(n), mode, "--dataplane", "none", "--listen", a.outer4]
             cmd.append("--no-autostart")
             with ia.out_path.open("ab") as o:
                 ia.proc = a.popen(cmd, env=ia.env, stdout=o, stderr=subprocess.STDOUT)
@@ -91,7 +113,7 @@ def main() -> int:
                     time.sleep(0.5)
                     break
                 time.sleep(0.5)
-            log(f"  RSS growth {(rss1 - rss0) / n:.1f} KiB per tunnel")
+            log(f"  RSS growth {(rss1 - rss0) / n:.1f} KiB per tunnel (baseline {rss0} KiB, tracemalloc adds its own)")
             log(out.read_text())
         finally:
             ia.stop()
