@@ -23,6 +23,10 @@ reference-counted here, so the set holds each once and it leaves with the last c
 IKE (UDP 500/4500), ESP, loopback, IPv6 neighbour discovery and ICMP errors always pass (the last so
 that path MTU discovery keeps working for host-to-host tunnels, whose ESP packets travel between
 addresses inside the selectors; a kernel checks such errors against the packet they quote instead).
+Fragments after the first pass too: IPv6 reassembles only after the input hook (IPv4 before it, but
+not when forwarding), so the pieces of a fragmented ESP packet between two hosts inside each other's
+selectors would otherwise be lost; without its first fragment, which carries the ports and is
+checked like any packet, no datagram is ever put together from them.
 """
 
 from __future__ import annotations
@@ -168,6 +172,8 @@ table inet {table} {{
     iifname "{tun_name}" accept
     meta l4proto esp accept
     udp dport {{ 500, 4500 }} accept
+    ip frag-off & 0x1fff != 0 accept
+    frag frag-off != 0 accept
     icmp type {{ destination-unreachable, time-exceeded, parameter-problem }} accept
     icmpv6 type {{ destination-unreachable, packet-too-big, time-exceeded, parameter-problem, nd-router-solicit, \
 nd-router-advert, nd-neighbor-solicit, nd-neighbor-advert, nd-redirect }} accept

@@ -53,6 +53,7 @@ def test_base_script_replaces_a_leftover_table_and_lets_ike_esp_and_the_tunnel_p
         "meta l4proto esp accept",
         "udp dport { 500, 4500 } accept",
         "packet-too-big",
+        "frag frag-off != 0 accept",
     ):
         assert rule in s
     assert "hook input" in s and "hook forward" in s
