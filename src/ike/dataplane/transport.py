@@ -2,8 +2,10 @@
 payload (TCP, UDP, ICMP, ...) without the IP header; the receiver puts an IP header back.
 
 Outbound, `strip` takes the packet the kernel routed into the TUN device apart: (protocol, payload).
-Fragments and IPv6 extension headers are refused (transport mode protects whole datagrams; the TUN
-MTU keeps TCP unfragmented).
+Transport mode protects whole datagrams, but the kernel fragments a datagram larger than the TUN MTU
+before handing it over; `Reassembler` puts such fragments back together (they arrive in one burst
+from the local stack), and the ESP packet of the whole datagram is fragmented by the kernel on the
+outside, as kernel IPsec does. Other IPv6 extension headers are refused. TCP never fragments.
 
 Inbound, a `Rebuild` made once per SA writes the IP header from the SA's outer addresses, with the
 IPv4 header checksum taken from a per-SA partial sum. With UDP encapsulation behind a NAT (RFC 3948
@@ -123,3 +125,61 @@ class Rebuild:
         if proto == 17 and new == 0:
             new = 0xFFFF
         return payload[:at] + new.to_bytes(2, "big") + payload[at + 2 :]
+
+
+_MAX_PENDING = 64  # datagrams being reassembled at once; the oldest goes first when more arrive
+
+
+class Reassembler:
+    """Fragments of locally sent datagrams from the TUN device -> (protocol, whole payload)."""
+
+    def __init__(self) -> None:
+        # key -> (protocol, {offset: piece}, total length once the last fragment came, else -1)
+        self._pending: dict[bytes, tuple[int, dict[int, bytes], int]] = {}
+        self.dropped = 0  # fragments given up (evicted, malformed, too large)
+
+    def add(self, pkt: bytes | memoryview) -> tuple[int, bytes] | None:
+        """Keep one fragment; the whole datagram once its last piece is in. None: not yet, or not a
+        fragment we can use (counted in `dropped`)."""
+        n = len(pkt)
+        v = pkt[0] >> 4
+        if v == 4 and n >= 20:
+            fo = pkt[6] << 8 | pkt[7]
+            ihl = (pkt[0] & 0x0F) * 4
+            key = bytes(pkt[12:20]) + bytes(pkt[4:6]) + bytes(pkt[9:10])
+            proto, off, more = pkt[9], (fo & 0x1FFF) * 8, bool(fo & 0x2000)
+            piece = bytes(pkt[ihl : pkt[2] << 8 | pkt[3]])
+        elif v == 6 and n >= 48 and pkt[6] == 44:  # fragment header right after the fixed header
+            fo = pkt[42] << 8 | pkt[43]
+            key = bytes(pkt[8:40]) + bytes(pkt[44:48])
+            proto, off, more = pkt[40], fo & 0xFFF8, bool(fo & 1)
+            piece = bytes(pkt[48 : 40 + (pkt[4] << 8 | pkt[5])])
+        else:
+            self.dropped += 1
+            return None
+        entry = self._pending.get(key)
+        if entry is None:
+            if len(self._pending) >= _MAX_PENDING:
+                gone = next(iter(self._pending))
+                self.dropped += len(self._pending.pop(gone)[1])
+            entry = (proto, {}, -1)
+            self._pending[key] = entry
+        _p, pieces, total = entry
+        pieces[off] = piece
+        if not more:
+            total = off + len(piece)
+            self._pending[key] = (proto, pieces, total)
+        if total < 0:
+            return None
+        if total > 65535:
+            self.dropped += len(self._pending.pop(key)[1])
+            return None
+        at = 0
+        for o in sorted(pieces):
+            if o != at:  # a gap (or an overlap): wait for more, or for eviction
+                return None
+            at += len(pieces[o])
+        if at != total:
+            return None
+        del self._pending[key]
+        return proto, b"".join(pieces[o] for o in sorted(pieces))

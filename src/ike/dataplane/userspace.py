@@ -41,7 +41,7 @@ from ike.dataplane.esp import NH_IPV4, NH_IPV6, EspError, EspSa, Lifetime, SaExp
 from ike.dataplane.gro import PLAIN, VNET_HDR_LEN, Coalescer
 from ike.dataplane.nftfilter import FilterError, InboundFilter
 from ike.dataplane.spd import SelectorSet, Spd, cidr_blocks
-from ike.dataplane.transport import Rebuild, strip
+from ike.dataplane.transport import Reassembler, Rebuild, strip
 from ike.policy import TrafficSelector
 from ike.proto.api import Address, ChildSaEstablished
 
@@ -162,7 +162,10 @@ class UserspaceDataPlane:
         self.no_policy = 0
         self.unknown_spi = 0
         self.send_errors = 0
-        self.not_whole = 0  # transport mode: fragments or IPv6 extension headers from the TUN, dropped
+        self._reasm = Reassembler()  # transport mode: datagrams the kernel fragmented to the TUN MTU
+        # ESP packets above this (reassembled transport-mode datagrams) are sent alone, not in a UDP GSO
+        # batch: the kernel refuses GSO segments larger than the path MTU.
+        self._gso_seg_max = mtu + 128
         self._last_err_log = 0.0
         self.udp_gso = True  # cleared the first time the kernel refuses a UDP GSO send
 
@@ -248,6 +251,11 @@ class UserspaceDataPlane:
             self._tun_fd = -1
         if self._filter is not None:
             self._filter.close()
+
+    @property
+    def not_whole(self) -> int:
+        """Transport mode: fragments given up and packets with IPv6 extension headers, dropped."""
+        return self._reasm.dropped
 
     # -- wiring to the daemon ----------------------------------------------------------------------
 
@@ -555,28 +563,22 @@ class UserspaceDataPlane:
                     if out.transport:
                         whole = strip(pkt)
                         if whole is None:
-                            self.not_whole += 1
-                            self._rate_log(
-                                "child SA %d: transport mode drops fragments and IPv6 extension headers "
-                                "(a datagram larger than the %s MTU %d?)",
-                                out.child_id,
-                                self.tun_name,
-                                self.mtu,
-                            )
-                            continue
+                            whole = self._reasm.add(pkt)
+                            if whole is None:  # more fragments to come (or dropped: counted)
+                                continue
                         esp = out.sa.encapsulate(whole[1], whole[0])
                     else:
                         esp = out.sa.encapsulate(pkt, NH_IPV4 if pkt[0] >> 4 == 4 else NH_IPV6)
                 except SaExpiredError:
                     continue
                 sock = out.sock
-                if sock is None or not gso:
+                n = len(esp)
+                if sock is None or not gso or n > self._gso_seg_max:
                     try:
                         out.send(esp)
                     except OSError:
                         self.send_errors += 1  # full socket buffer or unreachable: drop, as a router would
                     continue
-                n = len(esp)
                 if batch and (
                     sock is not bsock
                     or out.dst != bdst

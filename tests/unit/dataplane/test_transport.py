@@ -16,7 +16,7 @@ from scapy.packet import Packet, Raw
 from ike.dataplane.base import DataPlaneError
 from ike.dataplane.esp import EspSa
 from ike.dataplane.gro import PLAIN, VIRTIO_NET_HDR_F_NEEDS_CSUM, VNET_HDR
-from ike.dataplane.transport import Rebuild, strip
+from ike.dataplane.transport import Reassembler, Rebuild, strip
 from ike.dataplane.userspace import _transport_view
 from ike.policy import TrafficSelector as T
 
@@ -154,3 +154,31 @@ def test_partial_checksum_mode_lets_the_kernel_finish_any_checksum(v6: bool) -> 
         hdr = rb.header(proto)
         assert not checksum_ok(out) and checksum_ok(complete_partial(hdr, out))
     assert rb.header(1) == PLAIN and rb(1, b"\x08\0\0\0\0\0\0\0")[-8:] == b"\x08\0\0\0\0\0\0\0"
+
+
+def test_reassembler_puts_fragments_of_both_families_back_together() -> None:
+    from scapy.layers.inet import fragment
+    from scapy.layers.inet6 import IPv6ExtHdrFragment, fragment6
+
+    r = Reassembler()
+    dgram = IP(src=A, dst=B, id=77) / UDP(sport=5, dport=9) / Raw(os.urandom(3000))
+    frags = [bytes(f) for f in fragment(dgram, fragsize=1000)]
+    assert len(frags) == 4 and all(strip(f) is None for f in frags)
+    got = [r.add(f) for f in (frags[2], frags[0], frags[3], frags[1])]  # any order
+    assert got[:3] == [None, None, None] and got[3] == (17, bytes(dgram[UDP]))
+    d6 = IPv6(src=A6, dst=B6) / IPv6ExtHdrFragment(id=5) / UDP(sport=5, dport=9) / Raw(os.urandom(4000))
+    f6 = [bytes(f) for f in fragment6(d6, 1400)]
+    assert len(f6) > 1 and [r.add(f) for f in f6][-1] == (17, bytes(d6[UDP]))
+    assert r.dropped == 0 and not r._pending
+
+
+def test_reassembler_gives_up_on_what_it_cannot_use() -> None:
+    from scapy.layers.inet import fragment
+
+    r = Reassembler()
+    assert r.add(bytes(IPv6(src=A6, dst=B6) / IPv6ExtHdrDestOpt() / UDP())) is None and r.dropped == 1
+    # more unfinished datagrams than it keeps: the oldest are evicted and counted
+    for i in range(70):
+        first = bytes(fragment(IP(src=A, dst=B, id=i) / UDP() / Raw(b"x" * 2000), fragsize=1000)[0])
+        assert r.add(first) is None
+    assert len(r._pending) == 64 and r.dropped == 1 + 6
