@@ -11,6 +11,9 @@ TABLE`. Our ESP sockets and the daemon's IKE sockets carry MARK (SO_MARK, see `b
 for a host-to-host tunnel, where the peer's own address is routed into the tunnel, the IKE and ESP
 packets to that peer still leave by the normal route instead of looping into the TUN device.
 
+Transport mode (host-to-host children): the IP header comes off before ESP and is rebuilt after,
+with the RFC 3948 checksum handling for ESP-in-UDP (transport.py).
+
 Inbound policy: cleartext from a child's remote selectors to its local ones that did not come through
 the TUN device is dropped by an nftables table of this plane (nftfilter.py), updated per child.
 
