@@ -57,10 +57,10 @@ def request(op: str, args: dict[str, Any] | None = None, timeout: float | None =
             s.sendall(json.dumps({"op": op, "args": args or {}}).encode() + b"\n")
         except (BrokenPipeError, ConnectionResetError):
             pass  # iked refused us; its reply (if any) says why
-        buf = b""
-        while not buf.endswith(b"\n"):
+        chunks: list[bytes] = []
+        while not chunks or not chunks[-1].endswith(b"\n"):  # a list: big listings stay linear
             try:
-                chunk = s.recv(65536)
+                chunk = s.recv(1 << 20)
             except TimeoutError:
                 raise ClientError(f"ike: iked did not answer within {timeout:.0f} s") from None
             except OSError as e:
@@ -69,7 +69,8 @@ def request(op: str, args: dict[str, Any] | None = None, timeout: float | None =
                 raise ClientError(f"ike: reading from iked failed: {e.strerror}") from None
             if not chunk:
                 raise ClientError("ike: iked closed the connection without answering (did it stop?)")
-            buf += chunk
+            chunks.append(chunk)
+        buf = b"".join(chunks)
     finally:
         s.close()
     try:

@@ -35,6 +35,8 @@ class ServerThread:
             raise RequestError("no such tunnel 9")
         if op == "slow":
             await asyncio.sleep(0.2)
+        if op == "big":
+            return [{"tunnel": n, "state": "established"} for n in range(args["n"])]
         return {"echo": args}
 
     def __enter__(self) -> ServerThread:
@@ -71,6 +73,15 @@ def raw(path: Path, payload: bytes) -> list[dict[str, Any]]:
 def test_request_reply_and_socket_mode(srv: ServerThread) -> None:
     assert client.request("ping", {"x": 1}, path=srv.path) == {"echo": {"x": 1}}
     assert srv.path.stat().st_mode & 0o777 == 0o600
+
+
+def test_large_reply_arrives_whole_and_fast(srv: ServerThread) -> None:
+    import time
+
+    t = time.monotonic()
+    got = client.request("big", {"n": 200_000}, path=srv.path)  # about 7 MB of JSON
+    assert len(got) == 200_000 and got[-1] == {"tunnel": 199_999, "state": "established"}
+    assert time.monotonic() - t < 10
 
 
 def test_bad_requests_get_errors_and_connection_goes_on(srv: ServerThread) -> None:
