@@ -28,6 +28,7 @@ from ike.proto.api import (
     Address,
     ChildSaDeleted,
     ChildSaEstablished,
+    ChildSaKeys,
     Datagram,
     Demux,
     Engine,
@@ -134,7 +135,7 @@ class P2Entry:
     # Every live SA of this tunnel, oldest first: during a rekey (or after a simultaneous one)
     # old and new overlap. child_id -> data plane id.
     sas: dict[int, int | None] = field(default_factory=dict)
-    shown: dict[int, ChildSaEstablished] = field(default_factory=dict)  # child_id -> its event
+    shown: dict[int, ChildSaEstablished] = field(default_factory=dict)  # child_id -> its event, keys blanked
     totals: dict[str, int] = field(default_factory=dict)  # counters of SAs already gone
     packets_seen_at: float | None = None  # the data plane's last_used, as last told to the engine
     protocol: str = ""
@@ -631,7 +632,10 @@ class TunnelManager:
                 return
             self.p2_by_dp[dp_id] = (entry, ev.child_id)
         entry.sas[ev.child_id] = dp_id
-        entry.shown[ev.child_id] = ev
+        # Kept for the listing without its keys: the data plane holds those, the table need not.
+        entry.shown[ev.child_id] = dataclasses.replace(
+            ev, inbound=ChildSaKeys(ev.inbound.spi, b"", b""), outbound=ChildSaKeys(ev.outbound.spi, b"", b"")
+        )
         self._show(entry, ev.child_id, self.now(), time.time())
         _resolve(entry.waiters)
         log.info(
