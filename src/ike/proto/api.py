@@ -93,6 +93,9 @@ class IkeSaEstablished:
 class IkeSaDeleted:
     sa_id: int
     reason: str  # "deleted by peer", "deleted locally", "expired", "peer unreachable (DPD)", "rekeyed"
+    # For a loss of the peer ("peer unreachable", "peer unreachable (DPD)"): the tunnel's DPD action
+    # ("clear", "hold", "restart"). Engines never re-initiate by themselves; acting on it is the daemon's.
+    dpd_action: str | None = None
 
 
 @dataclass(frozen=True)

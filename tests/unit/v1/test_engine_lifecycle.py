@@ -163,29 +163,32 @@ def test_dpd_alive_and_dead() -> None:
     assert not p.a.is_established()
 
 
-def test_dpd_restart_renegotiates() -> None:
+@pytest.mark.parametrize("action", [DpdAction.RESTART, DpdAction.HOLD, DpdAction.CLEAR])
+def test_dpd_loss_is_reported_not_restarted(action: DpdAction) -> None:
+    """Restarting is the daemon's (it retries with back-off): the engine reports the loss with the
+    tunnel's DPD action and sends nothing more."""
     from dataclasses import replace
 
     a1, a2, b1, b2 = basic(dpd=10)
-    a1 = replace(a1, policy=replace(a1.policy, dpd_action=DpdAction.RESTART))
+    a1 = replace(a1, policy=replace(a1.policy, dpd_action=action))
     s = EngineSettings(retransmit_timeout_s=1.0, retransmit_tries=2)
     p = Pair(a1, [a2], policies_b(b1, b2), settings=s)
     p.run()
-    old_b = p.b
     state = {"dead": True}
     p.drop = lambda i, to, dg: state["dead"]
     for _ in range(400):
         p.advance(0.5)
         if p.events("a", IkeSaDeleted):
             break
-    assert p.events("a", IkeSaDeleted)
+    dels = p.events("a", IkeSaDeleted)
+    assert [(d.reason, d.dpd_action) for d in dels] == [("peer unreachable (DPD)", action.value)]
+    assert [c.reason for c in p.events("a", ChildSaDeleted)] == ["peer unreachable (DPD)"]
     state["dead"] = False
-    p.forget_b()  # the peer came back with no state: a new responder
+    p.forget_b()  # the peer came back with no state
+    n0 = len(p.log)
     p.advance(30)
-    assert p.b is not None and p.b is not old_b
-    ia = p.events("a", IkeSaEstablished)
-    assert len(ia) == 2 and ia[1].initial_contact is False
-    assert len(p.events("a", ChildSaEstablished)) == 2
+    assert len(p.log) == n0 and len(p.events("a", IkeSaEstablished)) == 1
+    assert not p.a.is_established() and p.a.get_timer() is None
 
 
 def test_phase2_rekey() -> None:

@@ -383,16 +383,21 @@ def test_dpd_keeps_sa_alive_when_peer_answers() -> None:
     assert net.i.engine is not None and net.i.engine.stats["liveness checks"] >= 5
 
 
-def test_dpd_restart() -> None:
+@pytest.mark.parametrize("action", [DpdAction.RESTART, DpdAction.HOLD, DpdAction.CLEAR])
+def test_dpd_loss_is_reported_not_restarted(action: DpdAction) -> None:
+    """Restarting is the daemon's (it retries with back-off): the engine reports the loss with the
+    tunnel's DPD action and initiates nothing by itself."""
     silent = [False]
-    net = pair(phase1(dpd_delay_s=10, dpd_action=DpdAction.RESTART), drop=lambda n, dg: silent[0])
+    net = pair(phase1(dpd_delay_s=10, dpd_action=action), drop=lambda n, dg: silent[0])
     net.pump()
     silent[0] = True
     net.run(100)
-    assert net.i.of(IkeSaDeleted)
+    assert [(e.reason, e.dpd_action) for e in net.i.of(IkeSaDeleted)] == [("peer unreachable (DPD)", action.value)]
+    assert [e.reason for e in net.i.of(ChildSaDeleted)] == ["IKE SA closed: peer unreachable (DPD)"]
     silent[0] = False
     net.run(200)
-    assert len(net.i.of(IkeSaEstablished)) == 2 and len(net.i.of(ChildSaEstablished)) == 2
+    assert len(net.i.of(IkeSaEstablished)) == 1 and len(net.i.of(ChildSaEstablished)) == 1
+    assert net.i.engine is not None and net.i.engine.get_timer() is None
 
 
 @pytest.mark.parametrize("pfs", [0, 31, 14])

@@ -33,7 +33,7 @@ from collections import OrderedDict, deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ike.policy import DpdAction, Phase1Tunnel, Phase2Tunnel
+from ike.policy import Phase1Tunnel, Phase2Tunnel
 from ike.proto.api import (
     Address,
     ChildSaDeleted,
@@ -520,7 +520,7 @@ class Ikev1Engine:
         for p2, rekey_of in pending:
             self._start_child(p2, rekey_of, now)
 
-    def _drop_sa(self, cookie: bytes, reason: str) -> None:
+    def _drop_sa(self, cookie: bytes, reason: str, dpd_action: str | None = None) -> None:
         sa = self._sas.pop(cookie, None)
         self._timers.pop(cookie, None)
         self._p1x.pop(cookie, None)
@@ -530,7 +530,7 @@ class Ikev1Engine:
             del self._qms[key]
         if sa is not None:
             sa.deleted = True
-            self._events.append(IkeSaDeleted(sa.sa_id, reason))
+            self._events.append(IkeSaDeleted(sa.sa_id, reason, dpd_action))
             self._events.append(SpiRemoved(cookie))
 
     # --- quick mode -------------------------------------------------------------------------------
@@ -855,25 +855,14 @@ class Ikev1Engine:
             self._peer_dead()
 
     def _peer_dead(self) -> None:
-        action = self._phase1.policy.dpd_action if self._phase1 is not None else DpdAction.CLEAR
-        restart: list[tuple[Phase2Tunnel, int | None]] = [
-            (c.phase2, None) for c in self._children.values() if not c.replaced
-        ]
+        # Only reported: what follows (clear, hold, restart with back-off) is the daemon's decision.
+        action = self._phase1.policy.dpd_action.value if self._phase1 is not None else None
         for cookie in list(self._sas):
-            self._drop_sa(cookie, "peer unreachable (DPD)")
+            self._drop_sa(cookie, "peer unreachable (DPD)", action)
         for cid in list(self._children):
             self._delete_child(cid, "peer unreachable (DPD)", notify_peer=False)
         self._qms.clear()
         self._flights.clear()
-        if (
-            action is DpdAction.RESTART
-            and self._phase1 is not None
-            and self._phase1.remote_addr not in ("", "0.0.0.0", "::")  # noqa: S104 (an "any" peer)
-        ):
-            self._pending = restart
-            self._local = (self._local[0], 500)
-            self._remote = (self._remote[0], 500)
-            self._start_phase1(self._now, None)
 
 
 def _seq_between(first: int, seq: int, last: int) -> bool:

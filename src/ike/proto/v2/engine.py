@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from ike.policy import DpdAction, Phase1Tunnel, Phase2Tunnel
+from ike.policy import Phase1Tunnel, Phase2Tunnel
 from ike.proto import certs
 from ike.proto.api import (
     Address,
@@ -600,7 +600,7 @@ class Ikev2Engine:
                     return c
         return None
 
-    def kill_sa(self, sa: IkeSa, reason: str, now: float, quiet: bool = False) -> None:
+    def kill_sa(self, sa: IkeSa, reason: str, now: float, quiet: bool = False, dpd_action: str | None = None) -> None:
         """End `sa` here (no message): its children go with it (RFC 7296 §1.4.1)."""
         if sa.state is IkeState.DEAD:
             return
@@ -621,7 +621,7 @@ class Ikev2Engine:
         sa.response_cache = None
         sa.fragments.clear()
         if sa.announced and not quiet:
-            self.emit(IkeSaDeleted(sa.sa_id, reason))
+            self.emit(IkeSaDeleted(sa.sa_id, reason, dpd_action))
         self._sas.pop(sa.our_spi, None)
         _IKE_SPIS.discard(sa.our_spi)
         self.emit(SpiRemoved(sa.our_spi))
@@ -650,23 +650,15 @@ class Ikev2Engine:
         self._lost(sa, "peer unreachable (DPD)", now)
 
     def _lost(self, sa: IkeSa, reason: str, now: float) -> None:
-        wanted = [
-            c.phase2
-            for s in self._sas.values()
-            for c in s.children.values()
-            if c.state not in (ChildState.REKEYED, ChildState.DELETED)
-        ]
-        p1 = sa.phase1
+        # Only reported: what follows (clear, hold, restart with back-off) is the daemon's decision.
+        p1 = sa.phase1 or self.phase1
+        action = p1.policy.dpd_action.value if p1 is not None else None
         self._closing = True  # every IKE SA goes: no work moves between them
         try:
             for s in list(self._sas.values()):
-                self.kill_sa(s, reason, now)
+                self.kill_sa(s, reason, now, dpd_action=action)
         finally:
             self._closing = False
-        if p1 is not None and p1.policy.dpd_action is DpdAction.RESTART:
-            self.phase1 = p1
-            self._wanted = list(dict.fromkeys(wanted)) or self._wanted
-            self._restart(now, sa)
 
     def _restart(self, now: float, old: IkeSa | None = None) -> None:
         if self._origin is None:
