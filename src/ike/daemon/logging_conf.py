@@ -134,12 +134,15 @@ class LogSwitch:
     def __init__(self) -> None:
         self.current: LogSettings | None = None
         self._handler: logging.Handler | None = None
+        self._saved: tuple[bool, int] | None = None  # the logger's propagate and level before us
 
     def apply(self, s: LogSettings) -> str | None:
         handler, warning = _make_handler(s)
         if handler.formatter is None:
             handler.setFormatter(logging.Formatter(_FORMAT))
         logger = logging.getLogger(LOGGER_NAME)
+        if self._saved is None:
+            self._saved = (logger.propagate, logger.level)
         logger.propagate = False
         logger.setLevel(LEVELS[s.level])
         logger.addHandler(handler)
@@ -158,7 +161,12 @@ class LogSwitch:
         return s
 
     def close(self) -> None:
+        logger = logging.getLogger(LOGGER_NAME)
         if self._handler is not None:
-            logging.getLogger(LOGGER_NAME).removeHandler(self._handler)
+            logger.removeHandler(self._handler)
             self._handler.close()
             self._handler = None
+        if self._saved is not None:
+            logger.propagate, level = self._saved
+            logger.setLevel(level)
+            self._saved = None

@@ -90,3 +90,13 @@ def test_unwritable_destination_keeps_old_handler(tmp_path: Path) -> None:
     finally:
         sw.close()
     assert "still-here" in good.read_text()
+
+
+def test_close_gives_the_logger_back(tmp_path: Path) -> None:
+    logger = logging.getLogger("ike")
+    before = (logger.propagate, logger.level, list(logger.handlers))
+    sw = LogSwitch()
+    sw.apply(LogSettings("information", str(tmp_path / "x.log")))
+    assert logger.propagate is False
+    sw.close()
+    assert (logger.propagate, logger.level, list(logger.handlers)) == before
