@@ -7,7 +7,7 @@ to the next timer when the wire is quiet. A `drop` predicate loses chosen datagr
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
 from ike.policy import (
     AuthMethod,
@@ -30,7 +30,7 @@ from ike.proto.api import (
     PacketDropped,
     SpiAdded,
 )
-from ike.proto.identity import identities_match
+from ike.proto.static_policies import StaticPolicies
 from ike.proto.v1 import Ikev1Engine, demux
 
 A_IP, B_IP = "198.18.0.1", "198.18.0.2"
@@ -38,35 +38,6 @@ PSK = b"correct horse battery staple"
 
 IKE_DEFAULT = (IkeProposal("aes-cbc", 256, "hmac-sha2-256-128", "hmac-sha2-256", 14),)
 ESP_DEFAULT = (EspProposal("aes-cbc", 128, "hmac-sha1-96"),)
-
-
-@dataclass
-class Policies:
-    """An in-memory PolicySource."""
-
-    phase1s: list[Phase1Tunnel] = field(default_factory=list)
-    phase2s: list[Phase2Tunnel] = field(default_factory=list)
-
-    def phase1_by_address(self, local_ip: str, remote_ip: str) -> Sequence[Phase1Tunnel]:
-        return [
-            t for t in self.phase1s if t.local_addr in (local_ip, "0.0.0.0") and t.remote_addr in (remote_ip, "0.0.0.0")
-        ]
-
-    def phase1_by_identity(self, local_ip: str, remote_ip: str, remote_id: Identity) -> Phase1Tunnel | None:
-        for t in self.phase1_by_address(local_ip, remote_ip):
-            if identities_match(t.remote_id, remote_id):
-                return t
-        return None
-
-    def phase2_for(
-        self, phase1: Phase1Tunnel, local_ts: Sequence[TrafficSelector], remote_ts: Sequence[TrafficSelector]
-    ) -> Phase2Tunnel | None:
-        for p in self.phase2s:
-            if p.phase1 != phase1.number:
-                continue
-            if any(p.local_ts.intersect(t) for t in local_ts) and any(p.remote_ts.intersect(t) for t in remote_ts):
-                return p
-        return None
 
 
 def phase1(
@@ -134,9 +105,9 @@ class Pair:
         self,
         a_p1: Phase1Tunnel,
         a_children: Sequence[Phase2Tunnel],
-        b_policies: Policies,
+        b_policies: StaticPolicies,
         *,
-        a_policies: Policies | None = None,
+        a_policies: StaticPolicies | None = None,
         settings: EngineSettings | None = None,
         b_settings: EngineSettings | None = None,
         nat: bool = False,
@@ -157,7 +128,7 @@ class Pair:
         self.routes: dict[bytes, Ikev1Engine] = {}  # b's cookies (SpiAdded) -> engine, as the daemon does
         self.half_open: dict[bytes, Ikev1Engine] = {}  # by the initiator's cookie
         self.a = Ikev1Engine.initiate(
-            a_p1, a_children, a_policies or Policies([a_p1]), self.settings, (A_IP, 500), (B_IP, 500), self.now
+            a_p1, a_children, a_policies or StaticPolicies([a_p1]), self.settings, (A_IP, 500), (B_IP, 500), self.now
         )
         self.collect()
 
@@ -270,8 +241,8 @@ class Pair:
         return self.events("a", PacketDropped) + self.events("b", PacketDropped)
 
 
-def policies_b(p1: Phase1Tunnel, *p2s: Phase2Tunnel) -> Policies:
-    return Policies([p1], list(p2s))
+def policies_b(p1: Phase1Tunnel, *p2s: Phase2Tunnel) -> StaticPolicies:
+    return StaticPolicies([p1], list(p2s))
 
 
 def basic(

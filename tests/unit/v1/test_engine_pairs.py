@@ -309,11 +309,10 @@ def test_ipv6() -> None:
     a1 = phase1(a_ip, b_ip)
     b1 = phase1(b_ip, a_ip)
     a2 = phase2(a1, "2001:db8:1::/48", "2001:db8:2::/48")
+    from ike.proto.static_policies import StaticPolicies
     from ike.proto.v1 import Ikev1Engine
 
-    from .pair import Policies
-
-    a = Ikev1Engine.initiate(a1, [a2], Policies([a1]), EngineSettings(), (a_ip, 500), (b_ip, 500), 0.0)
+    a = Ikev1Engine.initiate(a1, [a2], StaticPolicies([a1]), EngineSettings(), (a_ip, 500), (b_ip, 500), 0.0)
     b = None
     for _ in range(20):
         for dg in a.datagrams_to_send():
@@ -321,7 +320,7 @@ def test_ipv6() -> None:
 
             rx = Datagram(dg.data, dg.remote, dg.local)
             if b is None:
-                b = Ikev1Engine.respond(rx, Policies([b1], [mirror(a2, b1)]), EngineSettings(), 0.0)
+                b = Ikev1Engine.respond(rx, StaticPolicies([b1], [mirror(a2, b1)]), EngineSettings(), 0.0)
             else:
                 b.receive_datagram(rx, 0.0)
         if b is not None:

@@ -25,42 +25,12 @@ from ike.policy import (
     TrafficSelector,
 )
 from ike.proto.api import Datagram, EngineSettings, Event, PacketDropped
-from ike.proto.identity import identities_match
+from ike.proto.static_policies import StaticPolicies
 from ike.proto.v2 import CookieGuard, Ikev2Engine, StatelessOutput, demux
 
 I_IP = "198.18.0.1"
 R_IP = "198.18.0.2"
 NAT_IP = "198.18.0.100"
-
-
-class Policies:
-    """A PolicySource over lists, as the daemon's index would answer."""
-
-    def __init__(self, phase1s: Sequence[Phase1Tunnel], phase2s: Sequence[Phase2Tunnel]) -> None:
-        self.phase1s = list(phase1s)
-        self.phase2s = list(phase2s)
-
-    def phase1_by_address(self, local_ip: str, remote_ip: str) -> list[Phase1Tunnel]:
-        def ok(want: str, got: str) -> bool:
-            return want in ("0.0.0.0", "::", got)
-
-        return [p for p in self.phase1s if ok(p.local_addr, local_ip) and ok(p.remote_addr, remote_ip)]
-
-    def phase1_by_identity(self, local_ip: str, remote_ip: str, remote_id: Identity) -> Phase1Tunnel | None:
-        for p in self.phase1_by_address(local_ip, remote_ip):
-            if identities_match(p.remote_id, remote_id):
-                return p
-        return None
-
-    def phase2_for(
-        self, phase1: Phase1Tunnel, local_ts: Sequence[TrafficSelector], remote_ts: Sequence[TrafficSelector]
-    ) -> Phase2Tunnel | None:
-        for p in self.phase2s:
-            if p.phase1 != phase1.number:
-                continue
-            if any(p.local_ts.intersect(t) for t in local_ts) and any(p.remote_ts.intersect(t) for t in remote_ts):
-                return p
-        return None
 
 
 GCM = IkeProposal("aes-gcm-16", 256, None, "hmac-sha2-256", 31)
@@ -146,8 +116,8 @@ class Net:
         self,
         i_phase1: Phase1Tunnel,
         i_children: Sequence[Phase2Tunnel],
-        i_policies: Policies,
-        r_policies: Policies,
+        i_policies: StaticPolicies,
+        r_policies: StaticPolicies,
         settings: EngineSettings | None = None,
         r_settings: EngineSettings | None = None,
         drop: Callable[[int, Datagram], bool] | None = None,

@@ -8,6 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ike.proto.api import Datagram, EngineSettings, IkeSaEstablished, NegotiationFailed, PacketDropped
+from ike.proto.static_policies import StaticPolicies
 from ike.proto.v2 import CookieGuard, Ikev2Engine, StatelessOutput, demux
 from ike.proto.v2.payloads import (
     DecodeError,
@@ -22,19 +23,19 @@ from ike.proto.v2.payloads import (
 from ike.proto.v2.payloads import notify as n
 from ike.proto.v2.payloads.header import IkeHeader
 
-from .harness import I_IP, R_IP, Net, Policies, mirror1, mirror2, phase1, phase2
+from .harness import I_IP, R_IP, Net, mirror1, mirror2, phase1, phase2
 
 SETTINGS = EngineSettings(extra={"ikev2_cookie_guard": CookieGuard()})
 
 
-def policies() -> Policies:
+def policies() -> StaticPolicies:
     p1, p2 = phase1(), phase2()
-    return Policies([mirror1(p1)], [mirror2(p2)])
+    return StaticPolicies([mirror1(p1)], [mirror2(p2)])
 
 
 def first_init() -> bytes:
     p1, p2 = phase1(), phase2()
-    eng = Ikev2Engine.initiate(p1, [p2], Policies([p1], [p2]), SETTINGS, (I_IP, 500), (R_IP, 500), 0.0)
+    eng = Ikev2Engine.initiate(p1, [p2], StaticPolicies([p1], [p2]), SETTINGS, (I_IP, 500), (R_IP, 500), 0.0)
     return eng.datagrams_to_send()[0].data
 
 
@@ -110,7 +111,7 @@ def test_bad_icv_dropped_then_retransmission_succeeds() -> None:
         return False
 
     p1, p2 = phase1(), phase2()
-    net = Net(p1, [p2], Policies([p1], [p2]), Policies([mirror1(p1)], [mirror2(p2)]), drop=corrupt)
+    net = Net(p1, [p2], StaticPolicies([p1], [p2]), StaticPolicies([mirror1(p1)], [mirror2(p2)]), drop=corrupt)
     # Flip a byte of the first IKE_AUTH request on its way.
     orig = net.deliver_to_r
 
@@ -132,7 +133,7 @@ def test_bad_icv_dropped_then_retransmission_succeeds() -> None:
 
 def test_replayed_and_unprotected_messages() -> None:
     p1, p2 = phase1(dpd_delay_s=5), phase2()
-    net = Net(p1, [p2], Policies([p1], [p2]), Policies([mirror1(p1)], [mirror2(p2)]))
+    net = Net(p1, [p2], StaticPolicies([p1], [p2]), StaticPolicies([mirror1(p1)], [mirror2(p2)]))
     net.pump()
     auth_req = next(dg for s, dg in net.wire if s == "i" and dg.data[18] == 35)
     net.run(12)  # liveness checks move the message IDs on
@@ -194,7 +195,7 @@ class _Established:
 def _established() -> Net:
     if _Established.net is None:
         p1, p2 = phase1(), phase2()
-        net = Net(p1, [p2], Policies([p1], [p2]), Policies([mirror1(p1)], [mirror2(p2)]))
+        net = Net(p1, [p2], StaticPolicies([p1], [p2]), StaticPolicies([mirror1(p1)], [mirror2(p2)]))
         net.pump()
         _Established.net = net
     return _Established.net
@@ -248,7 +249,7 @@ def test_fuzzed_inner_payloads_pass_the_icv_and_never_raise(
 )
 def test_fuzzed_init_responses_to_initiator(payloads: list) -> None:  # type: ignore[type-arg]
     p1, p2 = phase1(), phase2()
-    eng = Ikev2Engine.initiate(p1, [p2], Policies([p1], [p2]), SETTINGS, (I_IP, 500), (R_IP, 500), 0.0)
+    eng = Ikev2Engine.initiate(p1, [p2], StaticPolicies([p1], [p2]), SETTINGS, (I_IP, 500), (R_IP, 500), 0.0)
     req = eng.datagrams_to_send()[0].data
     h = IkeHeader(req[:8], b"\x11" * 8, 0, 34, 0x20, 0)
     data = encode_plain(h, payloads)

@@ -13,9 +13,10 @@ import random
 import pytest
 
 from ike.proto.api import EngineSettings, PacketDropped
+from ike.proto.static_policies import StaticPolicies
 from ike.proto.v2 import CookieGuard
 
-from .harness import Net, Policies, mirror1, mirror2, phase1, phase2
+from .harness import Net, mirror1, mirror2, phase1, phase2
 
 LOSS = float(__import__("os").environ.get("CHAOS_LOSS", "0.2"))
 
@@ -39,7 +40,8 @@ def test_random_operations_converge(seed: int) -> None:
     kids = [phase2(n, local=f"198.18.{10 + n}.0/24", remote=f"198.18.{20 + n}.0/24", pfs_group=rnd.choice([0, 31]),
                    lifetime_s=150, name=f"c{n}") for n in range(1, 4)]  # fmt: skip
     s = EngineSettings(retransmit_timeout_s=0.5, retransmit_tries=6, extra={"ikev2_cookie_guard": CookieGuard()})
-    net = Net(p1, kids[:1], Policies([p1], kids), Policies([mirror1(p1)], [mirror2(k) for k in kids]), settings=s,
+    r_policies = StaticPolicies([mirror1(p1)], [mirror2(k) for k in kids])
+    net = Net(p1, kids[:1], StaticPolicies([p1], kids), r_policies, settings=s,
               drop=lambda n, dg: lossy[0] and rnd.random() < LOSS)  # fmt: skip
     net.run(30)
     for _ in range(25):

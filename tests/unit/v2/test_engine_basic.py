@@ -1,13 +1,14 @@
 from __future__ import annotations
 
 from ike.proto.api import ChildSaEstablished, IkeSaEstablished, NegotiationFailed
+from ike.proto.static_policies import StaticPolicies
 
-from .harness import Net, Policies, mirror1, mirror2, phase1, phase2
+from .harness import Net, mirror1, mirror2, phase1, phase2
 
 
 def test_psk_gcm_curve25519() -> None:
     p1, p2 = phase1(), phase2()
-    net = Net(p1, [p2], Policies([p1], [p2]), Policies([mirror1(p1)], [mirror2(p2)]))
+    net = Net(p1, [p2], StaticPolicies([p1], [p2]), StaticPolicies([mirror1(p1)], [mirror2(p2)]))
     net.pump()
     print(net.i.events, net.r.events)
     assert net.i.of(IkeSaEstablished) and net.r.of(IkeSaEstablished)

@@ -9,11 +9,12 @@ import pytest
 from ike.policy import AuthMethod, Credentials, Identity
 from ike.proto.api import ChildSaEstablished, EngineSettings, IkeSaEstablished, NegotiationFailed
 from ike.proto.identity import identities_match
+from ike.proto.static_policies import StaticPolicies
 from ike.proto.v2 import CookieGuard
 from ike.proto.v2.payloads import auth as am
 
 from .certs_fixture import NOW_TS, Pki, make_pki
-from .harness import I_IP, R_IP, Net, Policies, mirror1, mirror2, phase1, phase2
+from .harness import I_IP, R_IP, Net, mirror1, mirror2, phase1, phase2
 
 AUTH = {"rsa": AuthMethod.RSA, "ecdsa": AuthMethod.ECDSA, "ecdsa384": AuthMethod.ECDSA, "ed25519": AuthMethod.ED25519}
 
@@ -59,7 +60,7 @@ def cert_pair(
     )
     p2 = phase2()
     s = settings(classic)
-    return Net(p1, [p2], Policies([p1], [p2]), Policies([r1], [mirror2(p2)]), settings=s, r_settings=s)
+    return Net(p1, [p2], StaticPolicies([p1], [p2]), StaticPolicies([r1], [mirror2(p2)]), settings=s, r_settings=s)
 
 
 # Ed25519 exists only as an RFC 7427 signature (RFC 8420), so it has no classic variant.
@@ -128,11 +129,13 @@ def test_untrusted_ca_fails(pki: Pki, tmp_path: Path) -> None:
 
 def test_identity_not_in_certificate_fails(pki: Pki) -> None:
     net = cert_pair(pki, "rsa", "x.example", "r.example")
-    net.r_policies.phase1s[0] = mirror1(
-        net.i.engine.phase1,
-        policy=phase1(auth=AuthMethod.RSA).policy,  # type: ignore[union-attr, arg-type]
-        credentials=net.r_policies.phase1s[0].credentials,
+    old = net.r_policies.phase1s[0]
+    new = mirror1(
+        net.i.engine.phase1,  # type: ignore[arg-type]
+        policy=phase1(auth=AuthMethod.RSA).policy,
+        credentials=old.credentials,
     )
+    net.r_policies.replace(old, new)
     net.pump()
     f = net.r.of(NegotiationFailed)
     assert f and "does not contain its identity" in f[0].reason
@@ -155,7 +158,7 @@ def test_psk_against_certificate_definition_fails(pki: Pki) -> None:
     )
     p2 = phase2()
     s = settings()
-    net = Net(p1, [p2], Policies([p1], [p2]), Policies([r1], [mirror2(p2)]), settings=s, r_settings=s)
+    net = Net(p1, [p2], StaticPolicies([p1], [p2]), StaticPolicies([r1], [mirror2(p2)]), settings=s, r_settings=s)
     net.pump()
     f = net.r.of(NegotiationFailed)
     assert f and "pre-shared key" in f[0].reason and "requires rsa" in f[0].reason
@@ -172,7 +175,7 @@ def test_missing_key_file_reported(pki: Pki) -> None:
         ca_file=pki.ca_file,
     )
     p2 = phase2()
-    net = Net(p1, [p2], Policies([p1], [p2]), Policies([mirror1(p1)], [mirror2(p2)]), settings=settings())
+    net = Net(p1, [p2], StaticPolicies([p1], [p2]), StaticPolicies([mirror1(p1)], [mirror2(p2)]), settings=settings())
     net.pump()
     f = net.i.of(NegotiationFailed)
     assert f and "cannot read" in f[0].reason

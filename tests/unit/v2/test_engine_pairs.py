@@ -15,11 +15,12 @@ from ike.proto.api import (
     SpiAdded,
     SpiRemoved,
 )
+from ike.proto.static_policies import StaticPolicies
 from ike.proto.transforms import ENCR, INTEG
 from ike.proto.v2 import CookieGuard
 from ike.proto.v2.payloads.header import IKE_SA_INIT, IkeHeader
 
-from .harness import NAT_IP, Net, Policies, mirror1, mirror2, phase1, phase2
+from .harness import NAT_IP, Net, mirror1, mirror2, phase1, phase2
 
 
 def pair(p1=None, p2s=None, r_p1=None, r_p2s=None, **kw) -> Net:  # type: ignore[no-untyped-def]
@@ -27,7 +28,7 @@ def pair(p1=None, p2s=None, r_p1=None, r_p2s=None, **kw) -> Net:  # type: ignore
     p2s = p2s if p2s is not None else [phase2()]
     r_p1 = r_p1 or mirror1(p1)
     r_p2s = r_p2s if r_p2s is not None else [mirror2(p) for p in p2s]
-    return Net(p1, p2s, Policies([p1], p2s), Policies([r_p1], r_p2s), **kw)
+    return Net(p1, p2s, StaticPolicies([p1], p2s), StaticPolicies([r_p1], r_p2s), **kw)
 
 
 def established(net: Net) -> tuple[IkeSaEstablished, IkeSaEstablished]:
@@ -74,7 +75,7 @@ def test_ike_transforms(prop: IkeProposal) -> None:
     # And the IKE SA carries further exchanges (encryption in both directions).
     assert net.i.engine is not None
     net.i.engine.start_child(phase2(2, local="198.18.11.0/24", remote="198.18.21.0/24"), net.now)
-    net.r_policies.phase2s.append(mirror2(phase2(2, local="198.18.11.0/24", remote="198.18.21.0/24")))
+    net.r_policies.add(mirror2(phase2(2, local="198.18.11.0/24", remote="198.18.21.0/24")))
     net.pump()
     assert len(net.i.of(ChildSaEstablished)) == 2
 
@@ -241,7 +242,7 @@ def test_multiple_children_and_create_child() -> None:
     extra = [phase2(n, local=f"198.18.1{n}.0/24", remote=f"198.18.2{n}.0/24", name=f"c{n}") for n in (2, 3)]
     pfs = phase2(4, local="198.18.14.0/24", remote="198.18.24.0/24", pfs_group=19, name="pfs")
     net = pair(p2s=[phase2(), *extra])
-    net.r_policies.phase2s.append(mirror2(pfs))
+    net.r_policies.add(mirror2(pfs))
     net.pump()
     assert len(net.i.of(ChildSaEstablished)) == 3 and len(net.r.of(ChildSaEstablished)) == 3
     assert net.i.engine is not None
@@ -256,7 +257,7 @@ def test_responder_starts_child_too() -> None:
     net = pair()
     net.pump()
     extra = phase2(2, local="198.18.11.0/24", remote="198.18.21.0/24")
-    net.r_policies.phase2s.append(mirror2(extra))
+    net.r_policies.add(mirror2(extra))
     assert net.r.engine is not None
     net.r.engine.start_child(mirror2(extra), net.now)
     net.pump()
@@ -265,7 +266,7 @@ def test_responder_starts_child_too() -> None:
     assert net.i.of(NegotiationFailed)[0].notify == "TS_UNACCEPTABLE"
     assert net.r.of(NegotiationFailed)[0].notify == "TS_UNACCEPTABLE"
     assert net.i.engine is not None
-    net.i.engine.policies.phase2s.append(extra)  # type: ignore[attr-defined]
+    net.i.engine.policies.add(extra)  # type: ignore[attr-defined]
     net.r.engine.start_child(mirror2(extra), net.now)
     net.pump()
     assert len(net.r.of(ChildSaEstablished)) == 2 and len(net.i.of(ChildSaEstablished)) == 2

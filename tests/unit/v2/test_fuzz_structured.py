@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from ike.policy import TrafficSelector
 from ike.proto.api import Datagram, Event
+from ike.proto.static_policies import StaticPolicies
 from ike.proto.v2.payloads import (
     AuthPayload,
     CertPayload,
@@ -31,7 +32,7 @@ from ike.proto.v2.payloads import notify as n
 from ike.proto.v2.payloads.base import encode_chain
 from ike.proto.v2.payloads.header import IkeHeader
 
-from .harness import I_IP, R_IP, Net, Policies, mirror1, mirror2, phase1, phase2
+from .harness import I_IP, R_IP, Net, mirror1, mirror2, phase1, phase2
 
 transforms = st.builds(
     Transform,
@@ -83,7 +84,7 @@ payload = st.one_of(
 def _net() -> Net:
     p1, p2 = phase1(dpd_delay_s=0), phase2(pfs_group=31)
     p2b = phase2(2, local="198.18.11.0/24", remote="198.18.21.0/24")
-    net = Net(p1, [p2], Policies([p1], [p2, p2b]), Policies([mirror1(p1)], [mirror2(p2), mirror2(p2b)]))
+    net = Net(p1, [p2], StaticPolicies([p1], [p2, p2b]), StaticPolicies([mirror1(p1)], [mirror2(p2), mirror2(p2b)]))
     net.pump()
     assert net.i.engine is not None and net.i.engine.is_established()
     return net

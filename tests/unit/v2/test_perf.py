@@ -10,37 +10,22 @@ import os
 import statistics
 import time
 
-from ike.policy import Identity, Phase1Tunnel, Phase2Tunnel
 from ike.proto.api import Datagram, EngineSettings
 from ike.proto.crypto import DhPrivate, IkeCipher, hmac_digest
+from ike.proto.static_policies import StaticPolicies
 from ike.proto.v2 import CookieGuard, Ikev2Engine
 
-from .harness import I_IP, R_IP, Policies, mirror1, mirror2, phase1, phase2
+from .harness import I_IP, R_IP, mirror1, mirror2, phase1, phase2
 
 
 def _flip(d: Datagram) -> Datagram:
     return Datagram(d.data, d.remote, d.local)
 
 
-class IndexedPolicies:
-    """Constant-time answers, as the daemon's index gives them: the figure is the engine's own."""
-
-    def __init__(self, p1: Phase1Tunnel, p2: Phase2Tunnel) -> None:
-        self.p1, self.p2, self.l1 = p1, p2, [p1]
-
-    def phase1_by_address(self, local_ip: str, remote_ip: str) -> list[Phase1Tunnel]:
-        return self.l1
-
-    def phase1_by_identity(self, local_ip: str, remote_ip: str, remote_id: Identity) -> Phase1Tunnel | None:
-        return self.p1 if remote_id == self.p1.remote_id else None
-
-    def phase2_for(self, phase1: Phase1Tunnel, local_ts: object, remote_ts: object) -> Phase2Tunnel | None:
-        return self.p2
-
-
 def responder_cpu(n: int) -> float:
     p1, p2 = phase1(), phase2()
-    pi, pr = Policies([p1], [p2]), IndexedPolicies(mirror1(p1), mirror2(p2))
+    # An indexed PolicySource, as the daemon's: the figure is the engine's own.
+    pi, pr = StaticPolicies([p1], [p2]), StaticPolicies([mirror1(p1)], [mirror2(p2)])
     st = EngineSettings(extra={"ikev2_cookie_guard": CookieGuard()})
     times = []
     for _ in range(n):

@@ -16,6 +16,7 @@ from scapy.contrib import ikev2 as s
 from scapy.packet import NoPayload
 
 from ike.policy import EspProposal, IkeProposal
+from ike.proto.static_policies import StaticPolicies
 from ike.proto.v2.keys import IkeKeys
 from ike.proto.v2.payloads import (
     AuthPayload,
@@ -34,7 +35,7 @@ from ike.proto.v2.payloads import (
 )
 from ike.proto.v2.payloads.base import RawBody
 
-from .harness import Net, Policies, mirror1, mirror2, phase1, phase2
+from .harness import Net, mirror1, mirror2, phase1, phase2
 
 HASH = {"hmac-sha2-256-128": ("sha256", 16), "hmac-sha1-96": ("sha1", 12)}
 
@@ -190,7 +191,7 @@ def test_all_messages_parse_with_scapy(name: str) -> None:
     p1 = phase1(proposals=(ike,), dpd_delay_s=10)
     p2 = phase2(proposals=(esp,), pfs_group=31)
     p2b = phase2(2, local="2001:db8:1::/64", remote="2001:db8:2::/64", proposals=(esp,), mode="transport")
-    net = Net(p1, [p2], Policies([p1], [p2, p2b]), Policies([mirror1(p1)], [mirror2(p2), mirror2(p2b)]))
+    net = Net(p1, [p2], StaticPolicies([p1], [p2, p2b]), StaticPolicies([mirror1(p1)], [mirror2(p2), mirror2(p2b)]))
     keys: dict[bytes, tuple[IkeKeys, IkeProposal]] = {}
 
     def remember() -> None:
@@ -218,7 +219,7 @@ def test_all_messages_parse_with_scapy(name: str) -> None:
 
 def test_nat_detection_hash_is_rfc_formula() -> None:
     p1, p2 = phase1(), phase2()
-    net = Net(p1, [p2], Policies([p1], [p2]), Policies([mirror1(p1)], [mirror2(p2)]))
+    net = Net(p1, [p2], StaticPolicies([p1], [p2]), StaticPolicies([mirror1(p1)], [mirror2(p2)]))
     net.pump()
     first = net.wire[0][1]
     pkt = s.IKEv2(first.data)
@@ -252,7 +253,7 @@ def test_certificate_messages_parse_with_scapy(tmp_path) -> None:  # type: ignor
     r1 = mirror1(p1, credentials=Credentials(cert_file=hr.cert_file, key_file=hr.key_file, ca_file=pki.ca_file))
     p2 = phase2()
     st = EngineSettings(extra={"wall_clock": lambda: NOW_TS, "ikev2_cookie_guard": CookieGuard()})
-    net = Net(p1, [p2], Policies([p1], [p2]), Policies([r1], [mirror2(p2)]), settings=st, r_settings=st)
+    net = Net(p1, [p2], StaticPolicies([p1], [p2]), StaticPolicies([r1], [mirror2(p2)]), settings=st, r_settings=st)
     net.pump()
     assert net.i.of(IkeSaEstablished) and net.r.of(IkeSaEstablished)
     keys = {}
@@ -281,7 +282,7 @@ def test_error_replies_cookies_and_fragments_parse_with_scapy() -> None:
     bad_prop = phase2(3, local="198.18.11.0/24", remote="198.18.21.0/24", proposals=esp)
     st = EngineSettings(half_open_cookie_threshold=0, fragment_size=200, extra={"ikev2_cookie_guard": CookieGuard()})
     r_bad_prop = mirror2(bad_prop, policy=phase2(proposals=(EspProposal("aes-cbc", 128, "hmac-sha1-96"),)).policy)
-    net = Net(p1, [p2, bad_ts, bad_prop], Policies([p1], [p2]), Policies([r1], [mirror2(p2), r_bad_prop]),
+    net = Net(p1, [p2, bad_ts, bad_prop], StaticPolicies([p1], [p2]), StaticPolicies([r1], [mirror2(p2), r_bad_prop]),
               settings=st)  # fmt: skip
     net.pump()
     keys: dict[bytes, tuple[IkeKeys, IkeProposal]] = {}
@@ -307,8 +308,8 @@ def test_error_replies_cookies_and_fragments_parse_with_scapy() -> None:
                     keys2[sa.spi_i] = (sa.keys, sa.proposal)
         return False
 
-    net2 = Net(p1b, [p2], Policies([p1b], [p2]), Policies([mirror1(p1b, local_id=p1.remote_id)], [mirror2(p2)]),
-               drop=grab)  # fmt: skip
+    r_policies = StaticPolicies([mirror1(p1b, local_id=p1.remote_id)], [mirror2(p2)])
+    net2 = Net(p1b, [p2], StaticPolicies([p1b], [p2]), r_policies, drop=grab)
     net2.pump()
     assert check_wire(net2, keys2) == {34, 35, 37}
     info = next(d for _, d in net2.wire if d.data[18] == 37)
