@@ -3,10 +3,19 @@ quick mode with PFS, DPD rounds, phase 2 rekey, phase 1 rekey, deletes."""
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from ike.policy import AuthMethod, Credentials, Identity
-from ike.proto.api import ChildSaDeleted, ChildSaEstablished, IkeSaDeleted, IkeSaEstablished, NegotiationFailed
+from ike.proto.api import (
+    ChildSaDeleted,
+    ChildSaEstablished,
+    EngineSettings,
+    IkeSaDeleted,
+    IkeSaEstablished,
+    NegotiationFailed,
+)
 
 from .pair import A_IP, B_IP, Pair, mirror, phase1, phase2, policies_b
 from .pki import Pki
@@ -71,14 +80,18 @@ def test_whole_life(pki: Pki, mode: str, auth: str) -> None:
     assert not p.events("a", NegotiationFailed) and not p.events("b", NegotiationFailed)
 
 
-@pytest.mark.parametrize("parity", [0, 1])
+@pytest.mark.parametrize("seed", range(6))
 @pytest.mark.parametrize("auth", ["psk", "rsa", "ecdsa"])
 @pytest.mark.parametrize("mode", ["main", "aggressive"])
-def test_every_other_datagram_lost(pki: Pki, mode: str, auth: str, parity: int) -> None:
+def test_a_third_of_datagrams_lost(pki: Pki, mode: str, auth: str, seed: int) -> None:
     a1, a2, b1, b2 = _tunnels(pki, mode, auth)
-    p = Pair(a1, [a2], policies_b(b1, b2))
-    p.drop = lambda i, to, dg: i % 2 == parity
-    if parity == 0:
+    p = Pair(a1, [a2], policies_b(b1, b2), settings=EngineSettings(retransmit_tries=8))
+    # Random, not every other one: a lost final message (sent once) is resent only when the peer
+    # retransmits the message it answers, and a loss pattern in step with the fake clock's timers
+    # would lose that answer every time.
+    rng = random.Random(seed)
+    p.drop = lambda i, to, dg: rng.random() < 1 / 3
+    if rng.random() < 1 / 3:
         p.wire.clear()
     p.run(until=p.now + 120)
     assert len(p.events("a", IkeSaEstablished)) == 1 and len(p.events("b", IkeSaEstablished)) == 1

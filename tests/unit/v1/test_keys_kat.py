@@ -108,7 +108,7 @@ def test_main_and_quick_mode_recomputed_independently(monkeypatch: pytest.Monkey
     p.run()
     child = p.events("a", ChildSaEstablished)[0]
     msgs: list[bytes] = []
-    for _, dg in p.log:  # unanswered messages go out twice; keep one of each
+    for _, dg in p.log:  # keep one of each (retransmissions)
         if dg.data not in msgs:
             msgs.append(dg.data)
     mm1, _mm2, mm3, mm4, mm5, mm6, qm1, qm2 = msgs[:8]

@@ -303,9 +303,9 @@ class Ikev1Engine:
         )
 
     def _send_final(self, data: bytes, sa: IsakmpSa) -> None:
-        """A message nothing answers (MM6, AM3, QM3, informational) goes out twice: a lost copy
-        cannot be noticed by a timer, and the receiver ignores the duplicate."""
-        self._send(data, sa.local, sa.remote)
+        """A message nothing answers (MM6, AM3, QM3, informational) goes out once. If it is lost, the
+        peer retransmits its previous message, which `_answers` answers with this one again. (Sending
+        it twice made charon, which had moved on, fail to decrypt the late copy: PAYLOAD_MALFORMED.)"""
         self._send(data, sa.local, sa.remote)
 
     def _remember_answer(self, request: bytes, data: bytes | None, sa: IsakmpSa) -> None:
