@@ -58,6 +58,7 @@ from ike.proto.api import (
     SpiRemoved,
 )
 from ike.proto.crypto import CryptoError
+from ike.proto.engine_base import EngineOutput
 from ike.proto.v2.exchanges import child_create, child_rekey, delete, dpd, ike_auth, ike_init, ike_rekey
 from ike.proto.v2.exchanges.base import Reply, Result, Task
 from ike.proto.v2.exchanges.child_create import ChildCreate
@@ -126,8 +127,9 @@ def _name(exchange: int) -> str:
     return EXCHANGE_NAMES.get(exchange, f"exchange {exchange}")
 
 
-class Ikev2Engine:
+class Ikev2Engine(EngineOutput):
     def __init__(self, policies: PolicySource, settings: EngineSettings, role: Role) -> None:
+        super().__init__()
         self.role = role
         self.policies = policies
         self.settings = settings
@@ -139,8 +141,6 @@ class Ikev2Engine:
         self._wanted: list[Phase2Tunnel] = []
         self._origin: tuple[Address, Address] | None = None
         self._sas: dict[bytes, IkeSa] = {}
-        self._out: list[Datagram] = []
-        self._events: deque[Event] = deque()
         self._now = 0.0
         # Outbound SPIs the peer deleted before we knew them (its Delete overtook the response that
         # creates the child): such a child is not installed when that response arrives.
@@ -241,13 +241,6 @@ class Ikev2Engine:
                     best = t
         return best
 
-    def datagrams_to_send(self) -> list[Datagram]:
-        out, self._out = self._out, []
-        return out
-
-    def next_event(self) -> Event | None:
-        return self._events.popleft() if self._events else None
-
     def start_child(self, phase2: Phase2Tunnel, now: float) -> None:
         def go(now: float) -> None:
             sa = self.sa
@@ -312,12 +305,6 @@ class Ikev2Engine:
         return [c for sa in self._sas.values() for c in sa.children.values()]
 
     # --- helpers the exchanges use ----------------------------------------------------------------
-
-    def emit(self, ev: Event) -> None:
-        self._events.append(ev)
-
-    def send_raw(self, data: bytes, local: Address, remote: Address) -> None:
-        self._out.append(Datagram(data, local, remote))
 
     def drop(self, dg: Datagram, reason: str) -> None:
         self.stats["dropped"] += 1
