@@ -16,10 +16,11 @@ from __future__ import annotations
 import enum
 
 from ike.proto.api import Datagram, Role
+from ike.proto.crypto import DhPrivate
 from ike.proto.identity import identities_match
-from ike.proto.v1.exchanges.errors import Drop, ExchangeFailed
-from ike.proto.v1.exchanges.phase1 import Phase1Exchange, one
-from ike.proto.v1.payloads import Exchange, KePayload, NoncePayload, NotifyType, SaPayload
+from ike.proto.v1.exchanges.errors import ExchangeFailed
+from ike.proto.v1.exchanges.phase1 import Phase1Exchange, new_nonce, one
+from ike.proto.v1.payloads import Exchange, NotifyType, SaPayload
 from ike.proto.v1.payloads.header import Header
 
 
@@ -35,32 +36,24 @@ INBOUND: dict[tuple[Role, AmState], tuple[str, AmState]] = {
     (Role.RESPONDER, AmState.INIT): ("process_am1", AmState.R_SENT_2),
     (Role.RESPONDER, AmState.R_SENT_2): ("process_am3", AmState.ESTABLISHED),
 }
-AWAITING_REPLY = {AmState.I_SENT_1, AmState.R_SENT_2}
+AWAITING_REPLY = frozenset({AmState.I_SENT_1, AmState.R_SENT_2})
 
 
 class AggressiveMode(Phase1Exchange):
     EXCHANGE = Exchange.AGGRESSIVE
     mode_name = "aggressive mode"
+    INBOUND = INBOUND
+    AWAITING_REPLY = AWAITING_REPLY
+    ESTABLISHED = AmState.ESTABLISHED
     ENCRYPT_AM3 = False
     state = AmState.INIT
-
-    @property
-    def established(self) -> bool:
-        return self.state is AmState.ESTABLISHED
-
-    @property
-    def awaiting_reply(self) -> bool:
-        return self.state in AWAITING_REPLY
 
     def start(self) -> bytes:
         assert self.tunnel is not None
         group = self.tunnel.policy.proposals[0].dh
         sa = self.offer(only_group=group)
-        from ike.proto.crypto import DhPrivate
-        from ike.proto.v1.exchanges.main_mode import _nonce
-
         self.dh = DhPrivate(group)
-        self.gxi, self.ni = self.dh.public, _nonce()
+        self.gxi, self.ni = self.dh.public, new_nonce()
         idp = self.id_payload()
         self.idii_b = idp.body()
         certreq = self.certreq_payloads(self.tunnel.policy.auth)
@@ -68,20 +61,9 @@ class AggressiveMode(Phase1Exchange):
         return self.sa.seal(
             Exchange.AGGRESSIVE,
             0,
-            [sa, KePayload(self.gxi), NoncePayload(self.ni), idp, *certreq, *self.vendor_payloads()],
+            [sa, *self.ke_nonce_payloads(self.gxi, self.ni), idp, *certreq, *self.vendor_payloads()],
             encrypt=False,
         )
-
-    def receive(self, dg: Datagram, h: Header, now: float) -> bytes | None:
-        step = INBOUND.get((self.role, self.state))
-        if step is None:
-            raise Drop(f"aggressive mode message in state {self.state.value}")
-        if h.message_id != 0:
-            raise Drop("aggressive mode message with a non-zero message ID")
-        name, after = step
-        out: bytes | None = getattr(self, name)(dg, h, now)
-        self.state = after
-        return out
 
     # --- responder --------------------------------------------------------------------------------
 
@@ -110,16 +92,13 @@ class AggressiveMode(Phase1Exchange):
         reply_sa = self.choose(sa_d, cands)
         self.check_peer_id(ident)
         self.gxi, self.ni = self.take_ke_nonce(payloads)
-        from ike.proto.v1.exchanges.main_mode import _nonce
-
-        self.nr = _nonce()
+        self.nr = new_nonce()
         self.gxr = self.make_dh()
         self.derive_keys()
         idp = self.id_payload()
         out: list[object] = [
             reply_sa,
-            KePayload(self.gxr),
-            NoncePayload(self.nr),
+            *self.ke_nonce_payloads(self.gxr, self.nr),
             idp,
             *self.auth_payloads(idp.body()),
             *self.certreq_payloads(),

@@ -18,9 +18,8 @@ import enum
 
 from ike.policy import AuthMethod
 from ike.proto.api import Datagram, Role
-from ike.proto.v1.exchanges.errors import Drop
-from ike.proto.v1.exchanges.phase1 import Phase1Exchange, find, one
-from ike.proto.v1.payloads import Exchange, NoncePayload, SaPayload
+from ike.proto.v1.exchanges.phase1 import Phase1Exchange, find, new_nonce, one
+from ike.proto.v1.payloads import Exchange, SaPayload
 from ike.proto.v1.payloads.header import Header
 from ike.proto.v1.proposals import auth_from_value
 
@@ -35,7 +34,6 @@ class MmState(enum.Enum):
     ESTABLISHED = "established"
 
 
-# (role, state) -> (step that handles the next inbound message, state after it)
 INBOUND: dict[tuple[Role, MmState], tuple[str, MmState]] = {
     (Role.INITIATOR, MmState.I_SENT_SA): ("process_mm2", MmState.I_SENT_KE),
     (Role.INITIATOR, MmState.I_SENT_KE): ("process_mm4", MmState.I_SENT_AUTH),
@@ -44,39 +42,24 @@ INBOUND: dict[tuple[Role, MmState], tuple[str, MmState]] = {
     (Role.RESPONDER, MmState.R_SENT_SA): ("process_mm3", MmState.R_SENT_KE),
     (Role.RESPONDER, MmState.R_SENT_KE): ("process_mm5", MmState.ESTABLISHED),
 }
-# States in which our last message waits for an answer (and is retransmitted on a timer).
-AWAITING_REPLY = {MmState.I_SENT_SA, MmState.I_SENT_KE, MmState.I_SENT_AUTH, MmState.R_SENT_SA, MmState.R_SENT_KE}
+AWAITING_REPLY = frozenset(
+    {MmState.I_SENT_SA, MmState.I_SENT_KE, MmState.I_SENT_AUTH, MmState.R_SENT_SA, MmState.R_SENT_KE}
+)
 
 
 class MainMode(Phase1Exchange):
     EXCHANGE = Exchange.MAIN
     mode_name = "main mode"
+    INBOUND = INBOUND
+    AWAITING_REPLY = AWAITING_REPLY
+    ESTABLISHED = MmState.ESTABLISHED
     state = MmState.INIT
-
-    @property
-    def established(self) -> bool:
-        return self.state is MmState.ESTABLISHED
-
-    @property
-    def awaiting_reply(self) -> bool:
-        return self.state in AWAITING_REPLY
 
     def start(self) -> bytes:
         """Initiator: MM1."""
         sa = self.offer()
         self.state = MmState.I_SENT_SA
         return self.sa.seal(Exchange.MAIN, 0, [sa, *self.vendor_payloads()], encrypt=False)
-
-    def receive(self, dg: Datagram, h: Header, now: float) -> bytes | None:
-        step = INBOUND.get((self.role, self.state))
-        if step is None:
-            raise Drop(f"main mode message in state {self.state.value}")
-        if h.message_id != 0:
-            raise Drop("main mode message with a non-zero message ID")
-        name, after = step
-        out: bytes | None = getattr(self, name)(dg, h, now)
-        self.state = after
-        return out
 
     # --- responder --------------------------------------------------------------------------------
 
@@ -97,13 +80,13 @@ class MainMode(Phase1Exchange):
         payloads = self.open(dg, h, keys_may_differ=False)
         self.gxi, self.ni = self.take_ke_nonce(payloads)
         self.check_natd(payloads, dg)
-        self.nr = _nonce()
+        self.nr = new_nonce()
         self.gxr = self.make_dh()
         self.derive_keys()
         return self.sa.seal(
             Exchange.MAIN,
             0,
-            [*_ke_nonce(self.gxr, self.nr), *self.certreq_payloads(), *self.natd_payloads()],
+            [*self.ke_nonce_payloads(self.gxr, self.nr), *self.certreq_payloads(), *self.natd_payloads()],
             encrypt=False,
         )
 
@@ -148,12 +131,12 @@ class MainMode(Phase1Exchange):
         self.process_status_notifies(payloads)
         self.accept_choice(one(payloads, SaPayload, "SA"))
         self.take_vids(payloads)
-        self.ni = _nonce()
+        self.ni = new_nonce()
         self.gxi = self.make_dh()
         return self.sa.seal(
             Exchange.MAIN,
             0,
-            [*_ke_nonce(self.gxi, self.ni), *self.certreq_payloads(), *self.natd_payloads()],
+            [*self.ke_nonce_payloads(self.gxi, self.ni), *self.certreq_payloads(), *self.natd_payloads()],
             encrypt=False,
         )
 
@@ -175,18 +158,6 @@ class MainMode(Phase1Exchange):
         self.process_status_notifies(payloads)
         self.sa.accept(dg.data, h)
         return None
-
-
-def _nonce() -> bytes:
-    import os
-
-    return os.urandom(32)
-
-
-def _ke_nonce(ke: bytes, nonce: bytes) -> list[object]:
-    from ike.proto.v1.payloads import KePayload
-
-    return [KePayload(ke), NoncePayload(nonce)]
 
 
 __all__ = ["INBOUND", "MainMode", "MmState", "find"]

@@ -9,8 +9,9 @@ import enum
 import ipaddress
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 from ike.policy import AuthMethod, Identity, IdType, Phase1Tunnel
 from ike.proto.api import Datagram, EngineSettings, PolicySource, Role
@@ -95,6 +96,10 @@ def one(payloads: Sequence[Decoded], cls: type, what: str) -> Decoded:
     return found[0]
 
 
+def new_nonce() -> bytes:
+    return os.urandom(32)
+
+
 class Phase1Exchange:
     """State shared by the two phase 1 exchanges; subclasses hold the state table."""
 
@@ -127,20 +132,36 @@ class Phase1Exchange:
     def role(self) -> Role:
         return self.sa.role
 
-    # The state-table side, written by each exchange.
+    # --- the state table, given by each exchange ---------------------------------------------------
+
+    # (role, state) -> (step that handles the next inbound message, state after it)
+    INBOUND: ClassVar[Mapping[tuple[Role, Any], tuple[str, Any]]] = {}
+    # States in which our last message waits for an answer (and is retransmitted on a timer).
+    AWAITING_REPLY: ClassVar[frozenset[Any]] = frozenset()
+    ESTABLISHED: ClassVar[Any] = None
+    mode_name = "phase 1"
+
     def start(self) -> bytes:
         raise NotImplementedError
 
     def receive(self, dg: Datagram, h: Header, now: float) -> bytes | None:
-        raise NotImplementedError
+        step = self.INBOUND.get((self.role, self.state))
+        if step is None:
+            raise Drop(f"{self.mode_name} message in state {self.state.value}")
+        if h.message_id != 0:
+            raise Drop(f"{self.mode_name} message with a non-zero message ID")
+        name, after = step
+        out: bytes | None = getattr(self, name)(dg, h, now)
+        self.state = after
+        return out
 
     @property
     def established(self) -> bool:
-        raise NotImplementedError
+        return self.state is self.ESTABLISHED
 
     @property
     def awaiting_reply(self) -> bool:
-        raise NotImplementedError
+        return self.state in self.AWAITING_REPLY
 
     def _load_creds(self, tunnel: Phase1Tunnel) -> None:
         try:
@@ -285,6 +306,10 @@ class Phase1Exchange:
         if self.dh is None:
             self.dh = DhPrivate(self.sa.proposal.dh)
         return self.dh.public
+
+    @staticmethod
+    def ke_nonce_payloads(ke: bytes, nonce: bytes) -> list[object]:
+        return [KePayload(ke), NoncePayload(nonce)]
 
     def take_ke_nonce(self, payloads: Sequence[Decoded]) -> tuple[bytes, bytes]:
         ke = one(payloads, KePayload, "KE").payload
@@ -494,8 +519,6 @@ class Phase1Exchange:
         return []
 
     # --- helpers for subclasses -------------------------------------------------------------------
-
-    mode_name = "phase 1"
 
     def open(self, dg: Datagram, h: Header, keys_may_differ: bool) -> list[Decoded]:
         try:
