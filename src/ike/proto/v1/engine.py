@@ -17,7 +17,8 @@ Rules carried out here:
 - Retransmission: a message that waits for an answer is resent after `retransmit_timeout_s`,
   doubling, `retransmit_tries` times; then the negotiation fails. A datagram identical to one
   already answered gets the same answer again (both roles), so a lost last message heals.
-- Phase 1 is rekeyed (a new main/aggressive mode, then a Delete for the old SA) by the side that
+- Phase 1 is rekeyed (a new main/aggressive mode, then, `REKEYED_DELETE_DELAY_S` later or at its
+  expiry if sooner, a Delete for the old SA, which meanwhile starts nothing) by the side that
   initiated it; phase 2 by the side that initiated that SA, `rekey_margin` before expiry.
 - Deleting phase 1 leaves the phase 2 SAs running until they expire (AIX; RFC 2409).
 - Lifetimes in kilobytes of phase 2 SAs are counted by the data plane: the daemon calls
@@ -64,6 +65,7 @@ from ike.proto.v1.payloads.sa import PROTO_AH, PROTO_ESP, PROTO_ISAKMP
 
 ZERO_COOKIE = bytes(8)
 _RESPONSE_CACHE = 64
+REKEYED_DELETE_DELAY_S = 5.0  # EngineSettings.extra["ikev1_rekeyed_delete_delay_s"] overrides
 _MAX_QM_IN_FLIGHT = 32
 
 
@@ -114,6 +116,7 @@ class _SaTimers:
     last_heard: float
     dpd_first: int = 0  # ... and of the first one of the current round (any of them may be ACKed)
     replaced: bool = False
+    delete_at: float | None = None  # replaced by a rekey: Delete it then (see `_retire_sa`)
 
 
 class Ikev1Engine:
@@ -206,6 +209,8 @@ class Ikev1Engine:
                 times.append(t.rekey_at)
             if t.dpd_at is not None:
                 times.append(t.dpd_at)
+            if t.delete_at is not None:
+                times.append(t.delete_at)
         for c in self._children.values():
             times.append(c.expire_at)
             if c.rekey_at is not None:
@@ -514,11 +519,23 @@ class Ikev1Engine:
         if sa.rekey_of is not None:
             for old_cookie, old in list(self._sas.items()):
                 if old.sa_id == sa.rekey_of and old_cookie in self._timers:
-                    self._send_final(informational.delete_isakmp(old), old)
-                    self._drop_sa(old_cookie, "rekeyed")
+                    self._retire_sa(old_cookie, now)
         pending, self._pending = self._pending, []
         for p2, rekey_of in pending:
             self._start_child(p2, rekey_of, now)
+
+    def _retire_sa(self, cookie: bytes, now: float) -> None:
+        """A rekey replaced this SA: nothing new starts on it, and its Delete goes out after a grace
+        period, not right behind our last phase 1 message. charon may handle that Delete before it
+        has moved the phase 2 SAs to the new ISAKMP SA (aggressive mode: AM3 and the Delete arrive
+        together), and then deletes them with it. strongSwan also delays deleting a reauthenticated SA."""
+        t = self._timers[cookie]
+        t.replaced = True
+        t.rekey_at = None
+        t.dpd_at = None
+        self._flights.pop(("dpd", cookie), None)
+        grace = self._settings.extra.get("ikev1_rekeyed_delete_delay_s", REKEYED_DELETE_DELAY_S)
+        t.delete_at = now + (float(grace) if isinstance(grace, int | float) else REKEYED_DELETE_DELAY_S)
 
     def _drop_sa(self, cookie: bytes, reason: str, dpd_action: str | None = None) -> None:
         sa = self._sas.pop(cookie, None)
@@ -796,7 +813,11 @@ class Ikev1Engine:
             sa = self._sas[cookie]
             if now >= t.expire_at:
                 self._send_final(informational.delete_isakmp(sa), sa)
-                self._drop_sa(cookie, "expired")
+                self._drop_sa(cookie, "rekeyed" if t.replaced else "expired")
+                continue
+            if t.delete_at is not None and now >= t.delete_at:
+                self._send_final(informational.delete_isakmp(sa), sa)
+                self._drop_sa(cookie, "rekeyed")
                 continue
             if t.rekey_at is not None and now >= t.rekey_at:
                 t.rekey_at = None
