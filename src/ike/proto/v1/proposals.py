@@ -45,16 +45,6 @@ class Unsupported(ValueError):
     """A transform that names something we do not implement (not an error: try the next one)."""
 
 
-def auth_value(auth: AuthMethod, ecdsa_method: int = 9) -> int:
-    if auth is AuthMethod.PSK:
-        return AUTH_PSK
-    if auth is AuthMethod.RSA:
-        return AUTH_RSA_SIG
-    if auth is AuthMethod.ECDSA:
-        return ecdsa_method
-    raise ValueError(f"authentication method {auth.value} is not defined for IKEv1 (use psk, rsa or ecdsa)")
-
-
 def auth_from_value(v: int) -> AuthMethod | None:
     if v == AUTH_PSK:
         return AuthMethod.PSK

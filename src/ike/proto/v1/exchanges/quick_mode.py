@@ -58,7 +58,6 @@ from ike.proto.v1.proposals import (
     P2_LIFE_DURATION,
     P2_LIFE_TYPE,
     Phase2Choice,
-    describe_phase2,
     key_lengths,
     phase2_sa,
     phase2_transform,
@@ -442,9 +441,6 @@ class QuickMode:
             raise Drop("QM3 HASH(3) does not verify")
         self.sa.accept(*self._incoming)
         return None
-
-    def peer_offer_lines(self, sa: SaPayload) -> tuple[str, ...]:
-        return tuple(describe_phase2(p.protocol, t) for p in sa.proposals for t in p.transforms)
 
 
 def natt_used(sa: IsakmpSa) -> bool:

@@ -29,7 +29,7 @@ from ike.proto.v2.keys import derive_ike_keys, skeyseed
 from ike.proto.v2.payloads import notify as n
 from ike.proto.v2.payloads.base import Payload, UnknownPayload
 from ike.proto.v2.payloads.cert import CertReqPayload
-from ike.proto.v2.payloads.header import FLAG_INITIATOR, FLAG_RESPONSE, IKE_SA_INIT, IkeHeader
+from ike.proto.v2.payloads.header import FLAG_RESPONSE, IKE_SA_INIT, IkeHeader
 from ike.proto.v2.payloads.ke import KePayload
 from ike.proto.v2.payloads.message import Message, encode_plain
 from ike.proto.v2.payloads.nonce import NoncePayload
@@ -378,7 +378,3 @@ def process_r(eng: Ikev2Engine, dg: Datagram, msg: Message, now: float) -> IkeSa
     sa.response_cache = (0, [sa.init_response])
     sa.peer_msg_id = 1
     return sa
-
-
-def initiator_flags(sa: IkeSa) -> int:
-    return FLAG_INITIATOR if sa.initiator else 0
