@@ -30,7 +30,7 @@ from __future__ import annotations
 import hashlib
 import os
 import random
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -42,7 +42,6 @@ from ike.proto.api import (
     Datagram,
     Demux,
     EngineSettings,
-    Event,
     IkeSaDeleted,
     IkeSaEstablished,
     NegotiationFailed,
@@ -52,6 +51,7 @@ from ike.proto.api import (
     SpiAdded,
     SpiRemoved,
 )
+from ike.proto.engine_base import EngineOutput
 from ike.proto.v1.exchanges import informational
 from ike.proto.v1.exchanges.aggressive_mode import AggressiveMode
 from ike.proto.v1.exchanges.errors import Drop, ExchangeFailed
@@ -119,12 +119,13 @@ class _SaTimers:
     delete_at: float | None = None  # replaced by a rekey: Delete it then (see `_retire_sa`)
 
 
-class Ikev1Engine:
+class Ikev1Engine(EngineOutput):
     role: Role
 
     def __init__(
         self, policies: PolicySource, settings: EngineSettings, local: Address, remote: Address, role: Role, now: float
     ) -> None:
+        super().__init__()
         self.role = role
         self._policies = policies
         self._settings = settings
@@ -139,8 +140,6 @@ class Ikev1Engine:
         self._pending: list[tuple[Phase2Tunnel, int | None]] = []
         self._flights: dict[tuple[object, ...], _Flight] = {}
         self._answers: OrderedDict[bytes, tuple[bytes | None, Address, Address]] = OrderedDict()
-        self._events: deque[Event] = deque()
-        self._out: list[Datagram] = []
         self._next_sa_id = 1
         self._next_child_id = 1
         self._closing = False
@@ -185,7 +184,7 @@ class Ikev1Engine:
         x: Phase1Exchange = (MainMode if h.exchange == Exchange.MAIN else AggressiveMode)(sa, ctx, None)
         eng._sas[cky_r] = sa
         eng._p1x[cky_r] = x
-        eng._events.append(SpiAdded(cky_r))
+        eng.emit(SpiAdded(cky_r))
         eng._guard(lambda: eng._phase1_step(sa, x, dg, h, now), dg.remote)
         if cky_r in eng._p1x and x.state.value == "init":
             eng._abandon_phase1(cky_r)  # a malformed first message leaves nothing half-open
@@ -216,13 +215,6 @@ class Ikev1Engine:
             if c.rekey_at is not None:
                 times.append(c.rekey_at)
         return min(times) if times else None
-
-    def datagrams_to_send(self) -> list[Datagram]:
-        out, self._out = self._out, []
-        return out
-
-    def next_event(self) -> Event | None:
-        return self._events.popleft() if self._events else None
 
     def start_child(self, phase2: Phase2Tunnel, now: float) -> None:
         self._now = now
@@ -284,7 +276,7 @@ class Ikev1Engine:
         try:
             fn()  # type: ignore[operator]
         except Exception as e:  # the contract: nothing escapes an engine
-            self._events.append(PacketDropped(f"internal error in the IKEv1 engine: {type(e).__name__}: {e}", remote))
+            self.emit(PacketDropped(f"internal error in the IKEv1 engine: {type(e).__name__}: {e}", remote))
 
     def _new_cookie(self) -> bytes:
         while True:
@@ -297,12 +289,9 @@ class Ikev1Engine:
         self._next_sa_id += 1
         return i
 
-    def _send(self, data: bytes, local: Address, remote: Address) -> None:
-        self._out.append(Datagram(data, local, remote))
-
     def _send_waiting(self, key: tuple[object, ...], data: bytes, sa: IsakmpSa, phase: int, what: str,
                       now: float) -> None:  # fmt: skip
-        self._send(data, sa.local, sa.remote)
+        self.send_raw(data, sa.local, sa.remote)
         self._flights[key] = _Flight(
             data, sa.local, sa.remote, now + self._settings.retransmit_timeout_s, 0, phase, what
         )
@@ -311,7 +300,7 @@ class Ikev1Engine:
         """A message nothing answers (MM6, AM3, QM3, informational) goes out once. If it is lost, the
         peer retransmits its previous message, which `_answers` answers with this one again. (Sending
         it twice made charon, which had moved on, fail to decrypt the late copy: PAYLOAD_MALFORMED.)"""
-        self._send(data, sa.local, sa.remote)
+        self.send_raw(data, sa.local, sa.remote)
 
     def _remember_answer(self, request: bytes, data: bytes | None, sa: IsakmpSa) -> None:
         """What we answered to an accepted message (None: nothing), for its retransmissions."""
@@ -328,7 +317,7 @@ class Ikev1Engine:
         return best
 
     def _dropped(self, reason: str, remote: Address) -> None:
-        self._events.append(PacketDropped(reason, remote))
+        self.emit(PacketDropped(reason, remote))
 
     # --- inbound ----------------------------------------------------------------------------------
 
@@ -342,7 +331,7 @@ class Ikev1Engine:
         if answer is not None:  # a retransmission of something we accepted: answer again
             data, _local, _remote = answer
             if data is not None:
-                self._send(data, dg.local, dg.remote)
+                self.send_raw(data, dg.local, dg.remote)
             return
         sa = self._find_sa(h)
         if sa is None:
@@ -413,7 +402,7 @@ class Ikev1Engine:
         p1 = self._phase1
         assert p1 is not None
         if p1.policy.version != 1:
-            self._events.append(NegotiationFailed(1, f"tunnel {p1.name} is an IKEv{p1.policy.version} tunnel", p1))
+            self.emit(NegotiationFailed(1, f"tunnel {p1.name} is an IKEv{p1.policy.version} tunnel", p1))
             return
         if any(cookie not in self._timers for cookie in self._p1x):
             return  # one phase 1 negotiation at a time
@@ -430,11 +419,11 @@ class Ikev1Engine:
             x: Phase1Exchange = (AggressiveMode if exch == Exchange.AGGRESSIVE else MainMode)(sa, ctx, p1)
             data = x.start()
         except ExchangeFailed as e:
-            self._events.append(NegotiationFailed(1, e.reason, p1, offered=e.offered))
+            self.emit(NegotiationFailed(1, e.reason, p1, offered=e.offered))
             return
         self._sas[cky_i] = sa
         self._p1x[cky_i] = x
-        self._events.append(SpiAdded(cky_i))
+        self.emit(SpiAdded(cky_i))
         self._send_waiting(("p1", cky_i), data, sa, 1, f"{x.mode_name} with {remote[0]}", now)
 
     def _phase1_step(self, sa: IsakmpSa, x: Phase1Exchange, dg: Datagram, h: Header, now: float) -> None:
@@ -459,8 +448,8 @@ class Ikev1Engine:
 
     def _fail_phase1(self, sa: IsakmpSa, x: Phase1Exchange, e: ExchangeFailed) -> None:
         if e.notify is not None:
-            self._send(informational.plain_notify(sa.cky_i, sa.cky_r, e.notify), sa.local, sa.remote)
-        self._events.append(
+            self.send_raw(informational.plain_notify(sa.cky_i, sa.cky_r, e.notify), sa.local, sa.remote)
+        self.emit(
             NegotiationFailed(
                 1,
                 e.reason,
@@ -477,7 +466,7 @@ class Ikev1Engine:
         self._flights.pop(("p1", cookie), None)
         if cookie in self._sas and cookie not in self._timers:
             del self._sas[cookie]
-            self._events.append(SpiRemoved(cookie))
+            self.emit(SpiRemoved(cookie))
 
     def _phase1_established(self, sa: IsakmpSa, x: Phase1Exchange, now: float) -> None:
         cookie = sa.our_cookie
@@ -496,7 +485,7 @@ class Ikev1Engine:
         pol = sa.phase1.policy
         dpd_at = now + pol.dpd_delay_s if pol.dpd_delay_s > 0 and sa.peer_dpd else None
         self._timers[cookie] = _SaTimers(rekey_at, now + sa.lifetime_s, dpd_at, random.randrange(1, 1 << 30), now)
-        self._events.append(
+        self.emit(
             IkeSaEstablished(
                 sa_id=sa.sa_id,
                 version=1,
@@ -547,8 +536,8 @@ class Ikev1Engine:
             del self._qms[key]
         if sa is not None:
             sa.deleted = True
-            self._events.append(IkeSaDeleted(sa.sa_id, reason, dpd_action))
-            self._events.append(SpiRemoved(cookie))
+            self.emit(IkeSaDeleted(sa.sa_id, reason, dpd_action))
+            self.emit(SpiRemoved(cookie))
 
     # --- quick mode -------------------------------------------------------------------------------
 
@@ -562,14 +551,14 @@ class Ikev1Engine:
                 self._start_phase1(now, None)
             return
         if sum(1 for q in self._qms.values() if not q.done) >= _MAX_QM_IN_FLIGHT:
-            self._events.append(NegotiationFailed(2, "too many quick modes in flight", sa.phase1, phase2))
+            self.emit(NegotiationFailed(2, "too many quick modes in flight", sa.phase1, phase2))
             return
         msgid = informational.new_msgid(sa)
         qm = QuickMode(sa, Role.INITIATOR, msgid, self._policies, phase2, rekey_of)
         try:
             data = qm.start()
         except ExchangeFailed as e:
-            self._events.append(NegotiationFailed(2, e.reason, sa.phase1, phase2, offered=e.offered))
+            self.emit(NegotiationFailed(2, e.reason, sa.phase1, phase2, offered=e.offered))
             return
         self._qms[(sa.our_cookie, msgid)] = qm
         self._send_waiting(("qm", sa.our_cookie, msgid), data, sa, 2, f"quick mode for {phase2.name}", now)
@@ -632,8 +621,8 @@ class Ikev1Engine:
     def _fail_qm(self, sa: IsakmpSa, qm: QuickMode, e: ExchangeFailed) -> None:
         if e.notify is not None and sa.keys is not None:
             spi = qm.choice.peer_spi if qm.choice is not None else qm.our_spi
-            self._send(informational.notify(sa, e.notify, qm.protocol, spi), sa.local, sa.remote)
-        self._events.append(
+            self.send_raw(informational.notify(sa, e.notify, qm.protocol, spi), sa.local, sa.remote)
+        self.emit(
             NegotiationFailed(
                 2,
                 e.reason,
@@ -668,7 +657,7 @@ class Ikev1Engine:
             cid, sa.sa_id, r.phase2, r.role, PROTO_AH if r.protocol == "ah" else PROTO_ESP,
             r.inbound.spi, r.outbound.spi, now, rekey_at, now + r.lifetime_s,
         )  # fmt: skip
-        self._events.append(
+        self.emit(
             ChildSaEstablished(
                 child_id=cid,
                 sa_id=sa.sa_id,
@@ -705,7 +694,7 @@ class Ikev1Engine:
             sa = self._current_sa()
             if sa is not None:
                 self._send_final(informational.delete_ipsec(sa, c.protocol, (c.inbound_spi,)), sa)
-        self._events.append(ChildSaDeleted(child_id, reason))
+        self.emit(ChildSaDeleted(child_id, reason))
 
     # --- informational ----------------------------------------------------------------------------
 
@@ -806,7 +795,7 @@ class Ikev1Engine:
                 # RFC 3706 §5.5: each R-U-THERE is a new message with the next sequence number (a peer
                 # may take a repeated one for a retransmission it already answered).
                 f.data = self._next_r_u_there(key[1])  # type: ignore[arg-type]
-            self._out.append(Datagram(f.data, f.local, f.remote))
+            self.send_raw(f.data, f.local, f.remote)
         for cookie, t in list(self._timers.items()):
             if cookie not in self._timers:
                 continue
@@ -864,14 +853,14 @@ class Ikev1Engine:
             cookie = key[1]
             assert isinstance(cookie, bytes)
             x = self._p1x.get(cookie)
-            self._events.append(NegotiationFailed(1, reason, x.tunnel if x else self._phase1))
+            self.emit(NegotiationFailed(1, reason, x.tunnel if x else self._phase1))
             self._abandon_phase1(cookie)
         elif key[0] == "qm":
             cookie, msgid = key[1], key[2]
             assert isinstance(cookie, bytes) and isinstance(msgid, int)
             qm = self._qms.pop((cookie, msgid), None)
             sa = self._sas.get(cookie)
-            self._events.append(NegotiationFailed(2, reason, sa.phase1 if sa else None, qm.phase2 if qm else None))
+            self.emit(NegotiationFailed(2, reason, sa.phase1 if sa else None, qm.phase2 if qm else None))
         elif key[0] == "dpd":
             self._peer_dead()
 
