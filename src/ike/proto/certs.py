@@ -237,10 +237,17 @@ def key_kind(key: PrivateKey | PublicKey) -> str:
     raise AuthError(f"key type {type(key).__name__} is not supported")
 
 
-def sign(key: PrivateKey, data: bytes, hash_name: str) -> bytes:
-    """RSA PKCS#1 v1.5, ECDSA (DER signature) or Ed25519 (hash_name ignored)."""
+def _rsa_padding(hash_name: str, pss_salt: int | None) -> padding.AsymmetricPadding:
+    if pss_salt is None:
+        return padding.PKCS1v15()
+    return padding.PSS(mgf=padding.MGF1(hash_algorithm(hash_name)), salt_length=pss_salt)
+
+
+def sign(key: PrivateKey, data: bytes, hash_name: str, *, pss_salt: int | None = None) -> bytes:
+    """RSA PKCS#1 v1.5 (RSASSA-PSS with MGF1(hash_name) and this salt length when `pss_salt` is
+    given), ECDSA (DER signature) or Ed25519 (hash_name ignored)."""
     if isinstance(key, rsa.RSAPrivateKey):
-        return key.sign(data, padding.PKCS1v15(), hash_algorithm(hash_name))
+        return key.sign(data, _rsa_padding(hash_name, pss_salt), hash_algorithm(hash_name))
     if isinstance(key, ec.EllipticCurvePrivateKey):
         return key.sign(data, ec.ECDSA(hash_algorithm(hash_name)))
     if isinstance(key, ed25519.Ed25519PrivateKey):
@@ -248,11 +255,15 @@ def sign(key: PrivateKey, data: bytes, hash_name: str) -> bytes:
     raise AuthError(f"key type {type(key).__name__} cannot sign")
 
 
-def verify(public_key: PublicKey, signature: bytes, data: bytes, hash_name: str) -> None:
-    """Raise AuthError if `signature` over `data` does not verify (ECDSA: DER form)."""
+def verify(
+    public_key: PublicKey, signature: bytes, data: bytes, hash_name: str, *, pss_salt: int | None = None
+) -> None:
+    """Raise AuthError if `signature` over `data` does not verify (ECDSA: DER form; RSA: PKCS#1 v1.5,
+    or RSASSA-PSS with MGF1(hash_name) and this salt length when `pss_salt` is given)."""
+    what = f"{hash_name}, PSS" if pss_salt is not None else hash_name
     try:
         if isinstance(public_key, rsa.RSAPublicKey):
-            public_key.verify(signature, data, padding.PKCS1v15(), hash_algorithm(hash_name))
+            public_key.verify(signature, data, _rsa_padding(hash_name, pss_salt), hash_algorithm(hash_name))
         elif isinstance(public_key, ec.EllipticCurvePublicKey):
             public_key.verify(signature, data, ec.ECDSA(hash_algorithm(hash_name)))
         elif isinstance(public_key, ed25519.Ed25519PublicKey):
@@ -260,7 +271,7 @@ def verify(public_key: PublicKey, signature: bytes, data: bytes, hash_name: str)
         else:
             raise AuthError(f"key type {type(public_key).__name__} cannot verify signatures")
     except InvalidSignature:
-        raise AuthError(f"{key_kind(public_key)} signature ({hash_name}) does not verify") from None
+        raise AuthError(f"{key_kind(public_key)} signature ({what}) does not verify") from None
     except (ValueError, KeyError, UnsupportedAlgorithm) as e:
         raise AuthError(f"{key_kind(public_key)} signature cannot be checked: {e}") from None
 

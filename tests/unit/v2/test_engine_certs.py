@@ -102,8 +102,8 @@ def test_classic_methods_used_without_signature_hash_notify(pki: Pki, monkeypatc
     seen: list[int] = []
     orig = a.sign_auth
 
-    def spy(key, octets, peer_hashes):  # type: ignore[no-untyped-def]
-        m, d = orig(key, octets, peer_hashes)
+    def spy(key, octets, peer_hashes, pss=False):  # type: ignore[no-untyped-def]
+        m, d = orig(key, octets, peer_hashes, pss)
         seen.append(m)
         return m, d
 

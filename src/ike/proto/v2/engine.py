@@ -23,6 +23,8 @@ Settings read from `EngineSettings.extra` (all optional):
     "ikev2_cookie_guard": CookieGuard   the half-open counter and cookie secret (default: process-wide)
     "signature_hash_notify": bool  send SIGNATURE_HASH_ALGORITHMS (default True; False forces the
                                    classic RSA/ECDSA AUTH methods on the peer)
+    "rsa_pss": bool             sign with RSASSA-PSS (RFC 7427) with an RSA key (default False: PKCS#1
+                                v1.5, unless the peer signed with PSS); PSS from peers is always accepted
 """
 
 from __future__ import annotations

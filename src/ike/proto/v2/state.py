@@ -144,6 +144,7 @@ class IkeSa:
     force_encap: bool = False
     peer_fragmentation: bool = False
     peer_hashes: frozenset[int] | None = None  # SIGNATURE_HASH_ALGORITHMS, None if not sent
+    peer_pss: bool = False  # the peer's AUTH was an RSASSA-PSS signature
     peer_wants_cert: bool = False
     next_msg_id: int = 0
     peer_msg_id: int = 0  # the next request id we expect from the peer

@@ -53,7 +53,9 @@ def own_auth(eng: Ikev2Engine, sa: IkeSa, p1: Phase1Tunnel, id_body: bytes) -> l
     cert, key = eng.own_credentials(p1)
     if certs.key_kind(key) != _KIND[method]:
         raise AuthError(f"tunnel {p1.name} says {method.value} but the private key is {certs.key_kind(key)}")
-    m, data = a.sign_auth(key, octets, sa.peer_hashes)
+    # RSASSA-PSS when configured, or in kind to a peer that signed with it (it may accept nothing else).
+    pss = bool(eng.settings.extra.get("rsa_pss", False)) or sa.peer_pss
+    m, data = a.sign_auth(key, octets, sa.peer_hashes, pss=pss)
     from cryptography.hazmat.primitives.serialization import Encoding
 
     return [
@@ -111,6 +113,7 @@ def verify_peer(
             f"tunnel {p1.name} requires {method.value} but the peer's certificate key is {certs.key_kind(pub)}"
         )  # type: ignore[arg-type]
     a.verify_auth(auth.method, auth.data, pub, octets)  # type: ignore[arg-type]
+    sa.peer_pss = a.is_pss(auth.method, auth.data)
 
 
 class IkeAuth(Task):
