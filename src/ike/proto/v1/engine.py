@@ -254,10 +254,13 @@ class Ikev1Engine(EngineOutput):
 
     # --- extras for the daemon and tests ----------------------------------------------------------
 
-    @property
-    def finished(self) -> bool:
+    def is_finished(self) -> bool:
         """Nothing left: no SA, no phase 2 SA, nothing in flight (the daemon may forget the engine)."""
         return not self._sas and not self._children and not self._flights
+
+    @property
+    def finished(self) -> bool:
+        return self.is_finished()
 
     @property
     def phase1(self) -> Phase1Tunnel | None:
