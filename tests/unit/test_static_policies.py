@@ -4,38 +4,28 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from ike.policy import (
-    Credentials,
-    DataManagementPolicy,
-    EspProposal,
-    Identity,
-    IkeProposal,
-    KeyManagementPolicy,
-    Phase1Tunnel,
-    Phase2Tunnel,
-    TrafficSelector,
-)
+from ike import policy as P
 from ike.proto.static_policies import StaticPolicies
 
-_POL = KeyManagementPolicy("p", 2, "main", (IkeProposal("aes-gcm-16", 256, None, "hmac-sha2-256", 31),))
-_P2POL = DataManagementPolicy("q", "esp", (EspProposal("aes-gcm-16", 256, None),))
+_POL = P.KeyManagementPolicy("p", 2, "main", (P.IkeProposal("aes-gcm-16", 256, None, "hmac-sha2-256", 31),))
+_P2POL = P.DataManagementPolicy("q", "esp", (P.EspProposal("aes-gcm-16", 256, None),))
 
 
-def p1(number: int, local: str, remote: str, remote_id: str = "peer.example") -> Phase1Tunnel:
-    return Phase1Tunnel(
-        number, f"t{number}", Identity.parse("me.example"), Identity.parse(remote_id), local, remote, _POL,
-        Credentials(psk=b"k" * 16),
+def p1(number: int, local: str, remote: str, remote_id: str = "peer.example") -> P.Phase1Tunnel:
+    return P.Phase1Tunnel(
+        number, f"t{number}", P.Identity.parse("me.example"), P.Identity.parse(remote_id), local, remote, _POL,
+        P.Credentials(psk=b"k" * 16),
     )  # fmt: skip
 
 
-def p2(number: int, under: int, local: str, remote: str) -> Phase2Tunnel:
-    return Phase2Tunnel(
-        number, f"c{number}", under, TrafficSelector.parse(local), TrafficSelector.parse(remote), _P2POL
+def p2(number: int, under: int, local: str, remote: str) -> P.Phase2Tunnel:
+    return P.Phase2Tunnel(
+        number, f"c{number}", under, P.TrafficSelector.parse(local), P.TrafficSelector.parse(remote), _P2POL
     )
 
 
-def ts(text: str) -> TrafficSelector:
-    return TrafficSelector.parse(text)
+def ts(text: str) -> P.TrafficSelector:
+    return P.TrafficSelector.parse(text)
 
 
 def test_exact_addresses_come_before_wildcards() -> None:
@@ -57,9 +47,9 @@ def test_ipv6_spellings_are_one_address() -> None:
 def test_identity_picks_among_the_address_matches() -> None:
     a, b = p1(1, "198.18.0.1", "0.0.0.0", "a.example"), p1(2, "198.18.0.1", "0.0.0.0", "b.example")
     pol = StaticPolicies([a, b])
-    assert pol.phase1_by_identity("198.18.0.1", "198.18.0.5", Identity.parse("B.example")) == b
-    assert pol.phase1_by_identity("198.18.0.1", "198.18.0.5", Identity.parse("c.example")) is None
-    assert pol.phase1_by_identity("198.18.0.3", "198.18.0.5", Identity.parse("a.example")) is None
+    assert pol.phase1_by_identity("198.18.0.1", "198.18.0.5", P.Identity.parse("B.example")) == b
+    assert pol.phase1_by_identity("198.18.0.1", "198.18.0.5", P.Identity.parse("c.example")) is None
+    assert pol.phase1_by_identity("198.18.0.3", "198.18.0.5", P.Identity.parse("a.example")) is None
 
 
 def test_phase2_equal_selectors_win_over_an_earlier_overlap() -> None:
