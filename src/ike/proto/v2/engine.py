@@ -30,6 +30,7 @@ Settings read from `EngineSettings.extra` (all optional):
 from __future__ import annotations
 
 import hashlib
+import heapq
 import itertools
 import os
 import time
@@ -143,6 +144,9 @@ class Ikev2Engine(EngineOutput):
         self._wanted: list[Phase2Tunnel] = []
         self._origin: tuple[Address, Address] | None = None
         self._sas: dict[bytes, IkeSa] = {}
+        # Child deadlines as a lazy min-heap of (deadline, child_id): an entry is checked against the
+        # child when it reaches the top, and every change to a child's deadline pushes a fresh one.
+        self._child_deadlines: list[tuple[float, int]] = []
         self._now = 0.0
         # Outbound SPIs the peer deleted before we knew them (its Delete overtook the response that
         # creates the child): such a child is not installed when that response arrives.
@@ -241,7 +245,39 @@ class Ikev2Engine(EngineOutput):
             for t in self._deadlines(sa):
                 if best is None or t < best:
                     best = t
+        heap = self._child_deadlines
+        while heap:
+            d, cid = heap[0]
+            actual = self._child_deadline(cid)
+            if actual is None:
+                heapq.heappop(heap)
+            elif actual != d:
+                heapq.heapreplace(heap, (actual, cid))
+            else:
+                if best is None or d < best:
+                    best = d
+                break
         return best
+
+    def _child_deadline(self, child_id: int) -> float | None:
+        for sa in self._sas.values():
+            c = sa.children.get(child_id)
+            if c is None:
+                continue
+            if sa.state not in (IkeState.ESTABLISHED, IkeState.REKEYED):
+                return None
+            best: float | None = None
+            if c.state is ChildState.INSTALLED and c.rekey_at is not None:
+                best = c.rekey_at
+            if c.state not in (ChildState.DELETING, ChildState.DELETED):
+                best = c.expire_at if best is None else min(best, c.expire_at)
+            return best
+        return None
+
+    def _child_deadline_changed(self, child: ChildSa) -> None:
+        d = self._child_deadline(child.child_id)
+        if d is not None:
+            heapq.heappush(self._child_deadlines, (d, child.child_id))
 
     def start_child(self, phase2: Phase2Tunnel, now: float) -> None:
         def go(now: float) -> None:
@@ -544,6 +580,8 @@ class Ikev2Engine(EngineOutput):
     def add_child(self, sa: IkeSa, child: ChildSa, now: float) -> None:
         sa = self.live_sa(sa)
         sa.children[child.child_id] = child
+        child.watcher = self._child_deadline_changed
+        self._child_deadline_changed(child)
         k = child.keys
         i_keys, r_keys = (k.encr_i, k.integ_i), (k.encr_r, k.integ_r)
         inbound, outbound = (r_keys, i_keys) if child.we_initiated else (i_keys, r_keys)
@@ -942,12 +980,7 @@ class Ikev2Engine(EngineOutput):
                 delay = sa.phase1.policy.dpd_delay_s if sa.phase1 else 0
                 if delay and sa.outstanding is None and not sa.tasks and sa is self.sa:
                     out.append(sa.last_heard + delay)
-            for c in sa.children.values():
-                if c.state is ChildState.INSTALLED and c.rekey_at is not None:
-                    out.append(c.rekey_at)
-                if c.state not in (ChildState.DELETING, ChildState.DELETED):
-                    out.append(c.expire_at)
-        return out
+        return out  # children's deadlines live in self._child_deadlines
 
     def _timers(self, now: float) -> None:
         for sa in list(self._sas.values()):

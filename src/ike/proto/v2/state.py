@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -73,6 +74,9 @@ CHILD_TRANSITIONS: dict[ChildState, frozenset[ChildState]] = {
 }
 
 
+_DEADLINE_FIELDS = frozenset({"rekey_at", "expire_at", "state"})
+
+
 @dataclass
 class ChildSa:
     child_id: int
@@ -95,6 +99,16 @@ class ChildSa:
     state: ChildState = ChildState.INSTALLED
     # A successor created by the peer's rekey of this SA while ours was running (§2.8.1).
     peer_rekey: ChildSa | None = None
+    # Told whenever a field that decides this child's next deadline changes, so the engine can keep
+    # its deadlines in a heap instead of scanning every child on each get_timer().
+    watcher: Callable[[ChildSa], None] | None = field(default=None, repr=False, compare=False)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        object.__setattr__(self, name, value)
+        if name in _DEADLINE_FIELDS:
+            w = self.__dict__.get("watcher")
+            if w is not None:
+                w(self)
 
     def set_state(self, new: ChildState) -> None:
         if new is self.state:
