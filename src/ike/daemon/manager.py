@@ -46,7 +46,8 @@ log = logging.getLogger("ike.daemon.manager")
 
 MAX_DEAD_ENTRIES = 200  # failed/expired tunnels kept for `ike cmd=list` until removed
 HALF_OPEN_TIMEOUT_S = 60.0  # a responder that is not established by then is dropped
-RESTART_DELAY_S = 2.0
+RESTART_DELAY_S = 2.0  # first retry after a peer was lost with dpd_action=restart; doubles each try
+RESTART_MAX_DELAY_S = 60.0
 DELETE_GRACE_S = 30.0
 LIVENESS_FEED_S = 5.0  # an engine that has not finished a requested delete by then is dropped
 
@@ -234,6 +235,8 @@ class TunnelManager:
         self._next_p2 = 1
         self._next_dp = 1
         self._closing = False
+        # dpd_action=restart: phase 1 definition number -> (what to activate, tries so far, pending retry)
+        self._restarts: dict[int, tuple[ActivationTarget, int, asyncio.TimerHandle]] = {}
         self._stateless_failed: dict[tuple[Address, bytes], bool] = {}
         self._graveyard_p1: deque[int] = deque()
         self._graveyard_p2: deque[int] = deque()
@@ -489,6 +492,7 @@ class TunnelManager:
         entry.slot = slot
         entry.sa_id = ev.sa_id
         entry.state = "established"
+        self._cancel_restart(ev.phase1)
         entry.definition = ev.phase1
         entry.local, entry.remote = ev.local, ev.remote
         entry.local_id, entry.remote_id = str(ev.local_id), str(ev.remote_id)
@@ -563,20 +567,36 @@ class TunnelManager:
             for p2e in entry.children.values():
                 p2e.refresh = False
         self._p1_gone(entry, reason)
-        if (
-            not entry.removing
-            and not self._closing
-            and entry.definition is not None
-            and entry.definition.policy.dpd_action is DpdAction.RESTART
-            and ("DPD" in reason or "unreachable" in reason)
-        ):
+        action = ev.dpd_action
+        if action is None and entry.definition is not None and "unreachable" in reason:
+            action = entry.definition.policy.dpd_action.value
+        if action == DpdAction.RESTART.value and not entry.removing and entry.definition is not None:
             target = ActivationTarget(entry.definition, [c.definition for c in entry.children.values() if c.definition])
-            log.info("phase 1 tunnel %d: peer unreachable, restarting in %.0f s", entry.number, RESTART_DELAY_S)
-            self.loop.call_later(RESTART_DELAY_S, self._restart, target)
+            self._schedule_restart(target, entry.number)
 
-    def _restart(self, target: ActivationTarget) -> None:
-        if not self._closing:
-            self.activate([target], None)
+    def _schedule_restart(self, target: ActivationTarget, active_number: int) -> None:
+        """Retry the activation with back-off until the peer answers again (strongSwan's restart
+        retries too); a later success or an `ike cmd=remove` of the tunnel ends the retries."""
+        if self._closing:
+            return
+        number = target.phase1.number
+        prev = self._restarts.pop(number, None)
+        tries = 0
+        if prev is not None:
+            prev[2].cancel()
+            tries = prev[1] + 1
+        delay = min(RESTART_DELAY_S * 2**tries, RESTART_MAX_DELAY_S)
+        log.info("phase 1 tunnel %d: peer unreachable, restarting in %.0f s (try %d)", active_number, delay, tries + 1)
+        self._restarts[number] = (target, tries, self.loop.call_later(delay, self._restart, number))
+
+    def _restart(self, number: int) -> None:
+        pending = self._restarts.get(number)
+        if pending is not None and not self._closing:
+            self.activate([pending[0]], None)
+
+    def _cancel_restart(self, definition: Phase1Tunnel | None) -> None:
+        if definition is not None and (pending := self._restarts.pop(definition.number, None)) is not None:
+            pending[2].cancel()
 
     def _on_child_up(self, slot: Slot, ev: ChildSaEstablished) -> None:
         entry: P2Entry | None = None
@@ -750,6 +770,8 @@ class TunnelManager:
         e.notify = detail.get("notify")
         self._unlive_p1(e)
         log.error("phase 1 tunnel %d to %s failed: %s", e.number, e.remote[0], reason)
+        if e.definition is not None and e.definition.number in self._restarts and not e.removing:
+            self._schedule_restart(self._restarts[e.definition.number][0], e.number)
         for line in e.offered:
             log.info("phase 1 tunnel %d: we offered %s", e.number, line)
         for line in e.peer_offered:
@@ -1061,6 +1083,7 @@ class TunnelManager:
 
     def _remove_p1(self, e: P1Entry) -> dict[str, Any]:
         r = {"phase": 1, "tunnel": e.number, "name": e.definition.name if e.definition else None}
+        self._cancel_restart(e.definition)
         if not e.live or e.slot is None or e.slot.dead:
             self._forget_p1(e)
             r["status"] = "forgotten"
