@@ -1345,11 +1345,13 @@ def _counters(dp: DataPlane | None, dp_id: int) -> dict[str, int]:
         return {}
     if c is None:
         return {}
-    if dataclasses.is_dataclass(c) and not isinstance(c, type):
-        c = dataclasses.asdict(c)
-    if isinstance(c, dict):
-        return {k: int(c[k]) for k in _COUNTER_KEYS if isinstance(c.get(k), int)}
-    return {}
+    # Plain attribute reads: dataclasses.asdict deep-copies and was half of a 10,000-tunnel listing.
+    out: dict[str, int] = {}
+    for k in _COUNTER_KEYS:
+        v = c.get(k) if isinstance(c, dict) else getattr(c, k, None)
+        if isinstance(v, int):
+            out[k] = v
+    return out
 
 
 _COUNTER_KEYS = ("bytes_in", "bytes_out", "packets_in", "packets_out", "dropped_in")
