@@ -17,7 +17,7 @@ help:
 	@echo "make pytest       the test suite only (PYTEST_ARGS=... to pass options)"
 	@echo "make test         install + lint + pytest (what CI runs, with CI=true)"
 	@echo "make demo         install + the demo: two namespace hosts and a tunnel from the database"
-	@echo "make bench        install + benchmarks (placeholder until bench/run.py exists)"
+	@echo "make bench        install + benchmarks against strongSwan (docs/performance.md)"
 	@echo "make clean-netns  delete iketest-* namespaces left by an interrupted run"
 
 install:
@@ -50,8 +50,7 @@ demo: install
 	@PYTHON="$(PYTHON)" bash scripts/demo.sh
 
 bench: install
-	@if [ -f bench/run.py ]; then $(PYTHON) bench/run.py; \
-	else echo "bench: no benchmarks yet (bench/run.py will compare our data plane with strongSwan's)"; fi
+	$(PYTHON) bench/run.py
 
 clean-netns:
 	@for ns in $$(ip netns list | awk '/^iketest-/ {print $$1}'); do echo "deleting $$ns"; \
