@@ -22,8 +22,9 @@ from ike.daemon import logging_conf
 from ike.daemon.control import ControlServer, RequestError
 from ike.daemon.manager import DataPlane, EngineFactory, ManagerError, TunnelManager
 from ike.daemon.policies import ActivationTarget, IndexedPolicies, LookupError_, load_from_store
-from ike.daemon.server import UdpServer
+from ike.daemon.server import NATT_KEEPALIVE, UdpServer
 from ike.policy import PolicyError
+from ike.proto.api import EngineSettings
 
 log = logging.getLogger("ike.daemon")
 
@@ -141,7 +142,17 @@ class Daemon:
         self.factory = make_engine_factory(policies, self.ns)
         udp = UdpServer(loop, self.ns.listen, self.ns.ike_port, self.ns.natt_port)
         self.udp = udp
-        manager = TunnelManager(loop, policies, self.factory, udp.send_ike, self.dataplane, self.load_policies)
+        settings = getattr(self.factory, "settings", None)
+        manager = TunnelManager(
+            loop,
+            policies,
+            self.factory,
+            udp.send_ike,
+            self.dataplane,
+            self.load_policies,
+            send_keepalive=lambda local, remote: udp.send_esp(NATT_KEEPALIVE, local, remote),
+            nat_keepalive_s=(settings if isinstance(settings, EngineSettings) else EngineSettings()).nat_keepalive_s,
+        )
         self.manager = manager
         udp.on_ike = manager.receive
         self._wire_dataplane()

@@ -32,6 +32,7 @@ from ike.proto.api import (
     Datagram,
     Demux,
     Engine,
+    EngineSettings,
     Event,
     IkeSaDeleted,
     IkeSaEstablished,
@@ -192,6 +193,9 @@ class Slot:
     # IKEv2 phase 1 removed by the administrator while phase 2 SAs ran under it: the IKE SA stays,
     # unlisted, only so that they run on until they expire (child SAs cannot outlive it).
     detached: bool = False
+    # We are behind a NAT (RFC 3948 §2.3): 0xff keepalives keep the NAT's mapping for the peer.
+    keepalive: asyncio.TimerHandle | None = None
+    keepalive_path: tuple[Address, Address] | None = None  # (local, remote) of the newest IKE SA
 
 
 @dataclass
@@ -200,6 +204,7 @@ class Stats:
     datagrams_unmatched: int = 0
     packets_dropped: int = 0
     engine_errors: int = 0
+    keepalives_sent: int = 0
 
 
 # --- the manager -----------------------------------------------------------------------------------
@@ -214,6 +219,9 @@ class TunnelManager:
         send: Callable[[Datagram], None],
         dataplane: DataPlane | None = None,
         policy_loader: Callable[[], IndexedPolicies] | None = None,
+        *,
+        send_keepalive: Callable[[Address, Address], None] | None = None,
+        nat_keepalive_s: float = EngineSettings.nat_keepalive_s,
     ) -> None:
         self.loop = loop
         self.policies = policies
@@ -221,6 +229,8 @@ class TunnelManager:
         self.send = send
         self.dataplane = dataplane
         self.policy_loader = policy_loader
+        self.send_keepalive = send_keepalive
+        self.nat_keepalive_s = nat_keepalive_s
         self.stats = Stats()
         self.by_spi: dict[bytes, Slot] = {}
         self.half_open: dict[tuple[Address, bytes], Slot] = {}
@@ -430,6 +440,9 @@ class TunnelManager:
         slot.dead = True
         if slot.timer is not None:
             slot.timer.cancel()
+        if slot.keepalive is not None:
+            slot.keepalive.cancel()
+            slot.keepalive = None
         for spi in slot.spis:
             if self.by_spi.get(spi) is slot:
                 del self.by_spi[spi]
@@ -504,6 +517,7 @@ class TunnelManager:
         entry.last_error = None
         slot.p1_by_sa[ev.sa_id] = entry
         slot.remote = ev.remote
+        self._nat_keepalives(slot, ev)
         if slot.detached:
             return  # an unlisted IKE SA kept for its children (see _remove_p1): rekeyed, not revived
         peer = (ev.remote[0], entry.remote_id)
@@ -538,6 +552,27 @@ class TunnelManager:
         now = self.now()
         for p2 in queued:
             self._call_nopump(slot, _start_child(p2, now))
+
+    def _nat_keepalives(self, slot: Slot, ev: IkeSaEstablished) -> None:
+        """Behind a NAT, keep its mapping alive for as long as the association lives (IKEv1 phase 2
+        SAs outlive their ISAKMP SA, and their ESP needs the mapping too): one timer per association."""
+        if not ev.nat_local or self.send_keepalive is None or self.nat_keepalive_s <= 0:
+            return
+        slot.keepalive_path = (ev.local, ev.remote)  # a rekey may have moved either end
+        if slot.keepalive is None:
+            slot.keepalive = self.loop.call_later(self.nat_keepalive_s, self._keepalive_fired, slot)
+
+    def _keepalive_fired(self, slot: Slot) -> None:
+        slot.keepalive = None
+        if slot.dead or self._closing or slot.keepalive_path is None or self.send_keepalive is None:
+            return
+        local, remote = slot.keepalive_path
+        try:
+            self.send_keepalive(local, remote)
+            self.stats.keepalives_sent += 1
+        except Exception as e:
+            log.debug("NAT keepalive to %s failed: %s", remote[0], e)
+        slot.keepalive = self.loop.call_later(self.nat_keepalive_s, self._keepalive_fired, slot)
 
     def _call_nopump(self, slot: Slot, fn: Callable[[Engine], None]) -> None:
         """An engine call made while pumping that slot (the pump loop collects its output)."""
