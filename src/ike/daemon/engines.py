@@ -31,6 +31,15 @@ class RealEngines:
         self.settings = settings or EngineSettings()
         self._mods: dict[int, Any] = {}
 
+    def preload(self) -> None:
+        """Import both engines now, at daemon start, so the first activation or the first peer
+        does not wait for the imports (about a second on a small machine)."""
+        for version in _CLASSES:
+            try:
+                self._module(version)
+            except EngineUnavailable:
+                pass  # reported when that version is first needed
+
     def set_policies(self, policies: IndexedPolicies) -> None:
         # Existing engines keep the view they started with; new negotiations see the new one.
         self.policies = policies

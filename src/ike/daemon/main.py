@@ -91,7 +91,9 @@ def make_engine_factory(policies: IndexedPolicies, ns: argparse.Namespace) -> En
     from ike.proto.api import EngineSettings
 
     settings = EngineSettings(retransmit_timeout_s=ns.retransmit_timeout, retransmit_tries=ns.retransmit_tries)
-    factory: EngineFactory = RealEngines(policies, settings)
+    engines = RealEngines(policies, settings)
+    engines.preload()
+    factory: EngineFactory = engines
     return factory
 
 
