@@ -183,10 +183,8 @@ class EspSa:
             if encr == "aes-cbc":
                 self._cbc_alg = algorithms.AES(key)
             elif encr == "3des-cbc":
-                try:
-                    from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
-                except ImportError:  # older cryptography
-                    TripleDES = algorithms.TripleDES  # type: ignore[attr-defined,misc]
+                from ike.proto.crypto import TripleDES
+
                 self._cbc_alg = TripleDES(key)
             else:
                 raise EspError(f"{encr} is not supported by the userspace ESP transform")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import hmac as _hmac
 import os
+import warnings
 from collections.abc import Callable
 
 from cryptography.exceptions import InvalidSignature, InvalidTag
@@ -18,8 +19,18 @@ from cryptography.hazmat.primitives import hmac as c_hmac
 from cryptography.hazmat.primitives.asymmetric import dh, ec, x448, x25519
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
+from cryptography.utils import CryptographyDeprecationWarning
 
 from ike.proto.transforms import DH, ENCR, INTEG, PRF
+
+try:  # cryptography >= 43 keeps 3DES among the "decrepit" ciphers (it is only used when configured)
+    from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
+except ImportError:  # pragma: no cover - older cryptography
+    TripleDES = algorithms.TripleDES  # type: ignore[attr-defined,misc]
+
+# MODP groups 14-16 are what RFC 8247 peers (and strongSwan's defaults) offer; cryptography 50 warns on
+# every finite-field DH call. The use is deliberate, so the warning is silenced here and nowhere else.
+warnings.filterwarnings("ignore", message="Diffie-Hellman over finite fields", category=CryptographyDeprecationWarning)
 
 __all__ = [
     "CryptoError",
@@ -27,6 +38,7 @@ __all__ = [
     "IkeCipher",
     "InvalidSignature",
     "InvalidTag",
+    "TripleDES",
     "hash_bytes",
     "hmac_digest",
     "integ_icv",
@@ -223,9 +235,7 @@ class IkeCipher:
             self._aead: AESGCM | ChaCha20Poly1305 = AESGCM(ck) if encr == "aes-gcm-16" else ChaCha20Poly1305(ck)
         else:
             self._key = key
-            self._algo: type[algorithms.AES] | type[algorithms.TripleDES] = (
-                algorithms.AES if encr == "aes-cbc" else algorithms.TripleDES  # type: ignore[attr-defined]
-            )
+            self._algo: type[algorithms.AES] | type[TripleDES] = algorithms.AES if encr == "aes-cbc" else TripleDES
 
     def cbc_encrypt(self, iv: bytes, plaintext: bytes) -> bytes:
         enc = Cipher(self._algo(self._key), modes.CBC(iv)).encryptor()
