@@ -1134,6 +1134,10 @@ class TunnelManager:
             # The AIX semantics (phase 2 runs on until it expires, not refreshed) within RFC 7296:
             # keep the IKE SA but no longer list or use it; delete it with its last child SA.
             slot.detached = True
+            stop = getattr(slot.engine, "stop_refreshing", None)
+            if stop is not None:
+                stop(self.now())
+                self._schedule(slot)
             self._unlive_p1(e)
             self._forget_p1(e)
             log.info(

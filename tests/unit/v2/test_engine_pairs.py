@@ -613,3 +613,30 @@ def test_cookie_secret_rotation() -> None:
     assert not g.check(c[:-1] + bytes([c[-1] ^ 1]), ni, "198.18.0.1", spi, 1050.0)
     assert g.check(c, ni, "198.18.0.1", spi, 1150.0)  # one rotation: the previous secret still works
     assert not g.check(c, ni, "198.18.0.1", spi, 1300.0)  # two rotations: expired
+
+
+def test_stop_refreshing_lets_children_run_to_expiry() -> None:
+    """AIX phase 1 removal: after stop_refreshing() the child is not rekeyed; it is deleted when
+    its lifetime ends, not at its rekey time, and nothing is rekeyed in between."""
+    net = pair(p2s=[phase2(lifetime_s=100)], p1=phase1(lifetime_s=1000, dpd_delay_s=0))
+    net.pump()
+    start = net.now
+    child_pair(net)
+    assert net.i.engine is not None and net.r.engine is not None
+    net.i.engine.stop_refreshing(net.now)
+    net.r.engine.stop_refreshing(net.now)
+    net.run(99)
+    assert not net.i.of(ChildSaDeleted) and len(net.i.of(ChildSaEstablished)) == 1
+    net.run(5)
+    deleted = net.i.of(ChildSaDeleted) + net.r.of(ChildSaDeleted)
+    assert deleted and {d.reason for d in deleted} <= {"expired", "deleted by peer"}, deleted
+    assert net.now - start >= 100
+    assert len(net.i.of(ChildSaEstablished)) == 1  # never refreshed
+
+
+def test_without_stop_refreshing_the_child_is_rekeyed_before_expiry() -> None:
+    """The control case for the test above: the same lifetimes do rekey when refreshing is on."""
+    net = pair(p2s=[phase2(lifetime_s=100)], p1=phase1(lifetime_s=1000, dpd_delay_s=0))
+    net.pump()
+    net.run(99)
+    assert len(net.i.of(ChildSaEstablished)) >= 2 or len(net.r.of(ChildSaEstablished)) >= 2

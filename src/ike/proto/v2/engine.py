@@ -152,6 +152,7 @@ class Ikev2Engine(EngineOutput):
         # creates the child): such a child is not installed when that response arrives.
         self._deleted_early: dict[bytes, float] = {}
         self._closing = False
+        self._refresh = True  # False after stop_refreshing(): nothing here is rekeyed any more
         self._ca_cache: dict[str, list[x509.Certificate]] = {}
         self._keyid_cache: dict[str, list[bytes]] = {}
         self._own_cache: dict[tuple[str, str], tuple[x509.Certificate, certs.PrivateKey]] = {}
@@ -267,7 +268,7 @@ class Ikev2Engine(EngineOutput):
             if sa.state not in (IkeState.ESTABLISHED, IkeState.REKEYED):
                 return None
             best: float | None = None
-            if c.state is ChildState.INSTALLED and c.rekey_at is not None:
+            if self._refresh and c.state is ChildState.INSTALLED and c.rekey_at is not None:
                 best = c.rekey_at
             if c.state not in (ChildState.DELETING, ChildState.DELETED):
                 best = c.expire_at if best is None else min(best, c.expire_at)
@@ -292,6 +293,12 @@ class Ikev2Engine(EngineOutput):
             self.queue(sa, ChildCreate(phase2), now)
 
         self._guarded(go, now)
+
+    def stop_refreshing(self, now: float) -> None:
+        """AIX phase 1 removal: the child SAs run on until they expire and are not rekeyed, and
+        neither is this IKE SA (RFC 7296 §1.4.1 keeps it for them; the daemon deletes it with the
+        last child). Deadlines only move later, so the lazy heap needs no push."""
+        self._refresh = False
 
     def rekey_child(self, child_id: int, now: float) -> None:
         def go(now: float) -> None:
@@ -975,7 +982,7 @@ class Ikev2Engine(EngineOutput):
             if sa.expire_at is not None:
                 out.append(sa.expire_at)
             if sa.state is IkeState.ESTABLISHED:
-                if sa.rekey_at is not None:
+                if sa.rekey_at is not None and self._refresh:
                     out.append(sa.rekey_at)
                 delay = sa.phase1.policy.dpd_delay_s if sa.phase1 else 0
                 if delay and sa.outstanding is None and not sa.tasks and sa is self.sa:
@@ -1012,7 +1019,7 @@ class Ikev2Engine(EngineOutput):
             sa.tasks.appendleft(DeleteIke("expired"))
             return
         if sa.state is IkeState.ESTABLISHED:
-            if sa.rekey_at is not None and now >= sa.rekey_at:
+            if sa.rekey_at is not None and self._refresh and now >= sa.rekey_at:
                 sa.rekey_at = None
                 self.queue(sa, IkeRekey(), now)
             delay = sa.phase1.policy.dpd_delay_s if sa.phase1 else 0
@@ -1025,7 +1032,7 @@ class Ikev2Engine(EngineOutput):
             if now >= c.expire_at:
                 c.expire_at = float("inf")
                 self.queue(sa, DeleteChild(c.child_id, "expired"), now)
-            elif c.state is ChildState.INSTALLED and c.rekey_at is not None and now >= c.rekey_at:
+            elif self._refresh and c.state is ChildState.INSTALLED and c.rekey_at is not None and now >= c.rekey_at:
                 c.rekey_at = None
                 self.queue(sa, ChildRekey(c.child_id), now)
 
