@@ -220,6 +220,7 @@ class Daemon:
             manager.on_dataplane_expire(dp_id, kind == "hard")
 
         dp.set_expiry_callback(expired)
+        dp.set_acquire_callback(manager.on_acquire)
 
     async def _close_dataplane(self) -> None:
         if self.dataplane is None:

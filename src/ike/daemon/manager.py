@@ -79,6 +79,10 @@ class DataPlane(Protocol):
 
     def counters(self, child_id: int) -> Any: ...
 
+    def trap(self, trap_id: int, local_ts: list[TrafficSelector], remote_ts: list[TrafficSelector]) -> None: ...
+
+    def untrap(self, trap_id: int) -> None: ...
+
 
 class ManagerError(ValueError):
     """A request that names something that does not exist; goes back to `ike` as is."""
@@ -199,6 +203,16 @@ class Slot:
 
 
 @dataclass
+class Hold:
+    """dpd_action=hold: a tunnel whose peer became unreachable, its phase 2 selectors trapped in the
+    data plane until a packet for them re-activates it (strongSwan's dpd_action=trap)."""
+
+    target: ActivationTarget
+    traps: dict[int, int]  # phase 2 definition number -> trap id
+    entry: int  # the ended phase 1 tunnel's active number (its listing says it is held)
+
+
+@dataclass
 class Stats:
     datagrams_in: int = 0
     datagrams_unmatched: int = 0
@@ -247,6 +261,11 @@ class TunnelManager:
         self._closing = False
         # dpd_action=restart: phase 1 definition number -> (what to activate, tries so far, pending retry)
         self._restarts: dict[int, tuple[ActivationTarget, int, asyncio.TimerHandle]] = {}
+        # dpd_action=hold: phase 1 definition number -> its hold; trap id -> that number
+        self._holds: dict[int, Hold] = {}
+        self._trap_owner: dict[int, int] = {}
+        self._held_p2: dict[int, int] = {}  # phase 2 definition number -> its hold's phase 1 number
+        self._next_trap = 1
         self._stateless_failed: dict[tuple[Address, bytes], bool] = {}
         self._graveyard_p1: deque[int] = deque()
         self._graveyard_p2: deque[int] = deque()
@@ -591,6 +610,12 @@ class TunnelManager:
             return  # its successor is already registered under another sa_id
         reason = ev.reason
         slot.ike_alive = False
+        action = ev.dpd_action
+        if action is None and entry.definition is not None and "unreachable" in reason:
+            action = entry.definition.policy.dpd_action.value
+        if action == DpdAction.HOLD.value and not entry.removing and entry.definition is not None:
+            # Before the children go: the trap takes their routes over without a gap.
+            self._hold(entry, [c.definition for c in entry.children.values() if c.definition is not None])
         if slot.version == 2:
             # RFC 7296 §1.4.1: child SAs cannot outlive their IKE SA.
             for p2e in {id(x): x for x in [*entry.children.values(), *slot.p2_by_child.values()]}.values():
@@ -602,9 +627,8 @@ class TunnelManager:
             for p2e in entry.children.values():
                 p2e.refresh = False
         self._p1_gone(entry, reason)
-        action = ev.dpd_action
-        if action is None and entry.definition is not None and "unreachable" in reason:
-            action = entry.definition.policy.dpd_action.value
+        if entry.definition is not None and entry.definition.number in self._holds:
+            entry.last_error = f"{reason}; held: the next packet for its phase 2 selectors re-activates it"
         if action == DpdAction.RESTART.value and not entry.removing and entry.definition is not None:
             target = ActivationTarget(entry.definition, [c.definition for c in entry.children.values() if c.definition])
             self._schedule_restart(target, entry.number)
@@ -632,6 +656,74 @@ class TunnelManager:
     def _cancel_restart(self, definition: Phase1Tunnel | None) -> None:
         if definition is not None and (pending := self._restarts.pop(definition.number, None)) is not None:
             pending[2].cancel()
+
+    # --- dpd_action=hold --------------------------------------------------------------------------
+
+    def _hold(self, entry: P1Entry, phase2: list[Phase2Tunnel]) -> None:
+        assert entry.definition is not None
+        number = entry.definition.number
+        if self._closing or self.dataplane is None:
+            return
+        self._release_hold(number)
+        if not phase2:
+            log.warning("phase 1 tunnel %d: dpd_action hold needs phase 2 tunnels to trap; cleared", entry.number)
+            return
+        hold = Hold(ActivationTarget(entry.definition, phase2), {}, entry.number)
+        for p2 in phase2:
+            tid = self._next_trap
+            self._next_trap += 1
+            try:
+                self.dataplane.trap(tid, [p2.local_ts], [p2.remote_ts])
+            except Exception as e:
+                log.warning("phase 2 tunnel %s: cannot hold its traffic (%s); cleared instead", p2.name, e)
+                continue
+            hold.traps[p2.number] = tid
+            self._trap_owner[tid] = number
+            self._held_p2[p2.number] = number
+        if hold.traps:
+            self._holds[number] = hold
+            log.info(
+                "phase 1 tunnel %d: peer unreachable; holding the traffic of %s until a packet re-activates it",
+                entry.number,
+                ", ".join(p2.name for p2 in phase2 if p2.number in hold.traps),
+            )
+
+    def on_acquire(self, trap_id: int) -> None:
+        """The data plane saw traffic for a held tunnel: negotiate it again."""
+        number = self._trap_owner.get(trap_id)
+        hold = self._holds.get(number) if number is not None else None
+        if hold is None or self._closing:
+            return
+        results = self.activate([hold.target], None)  # idempotent: what already runs is left alone
+        if any(r.get("status") == "started" for r in results):
+            log.info("phase 1 tunnel %s: traffic for a held tunnel; activating it", hold.target.phase1.name)
+        for r in results:
+            if r.get("status") == "failed":
+                log.error("re-activating held tunnel %s failed: %s", r.get("name"), r.get("message"))
+
+    def _untrap(self, p2: Phase2Tunnel) -> None:
+        """A phase 2 SA for a held definition is installed: its trap is no longer needed."""
+        number = self._held_p2.pop(p2.number, None)
+        hold = self._holds.get(number) if number is not None else None
+        if hold is None or p2.number not in hold.traps:
+            return
+        tid = hold.traps.pop(p2.number)
+        self._trap_owner.pop(tid, None)
+        if self.dataplane is not None:
+            self.dataplane.untrap(tid)
+        if not hold.traps:
+            del self._holds[hold.target.phase1.number]
+
+    def _release_hold(self, number: int) -> None:
+        hold = self._holds.pop(number, None)
+        if hold is None:
+            return
+        for p2_number, tid in hold.traps.items():
+            self._trap_owner.pop(tid, None)
+            self._held_p2.pop(p2_number, None)
+            if self.dataplane is not None:
+                self.dataplane.untrap(tid)
+        log.info("phase 1 tunnel %d: its traffic is no longer held", hold.entry)
 
     def _on_child_up(self, slot: Slot, ev: ChildSaEstablished) -> None:
         entry: P2Entry | None = None
@@ -686,6 +778,8 @@ class TunnelManager:
                     entry.last_error = f"a rekeyed SA was refused by the data plane: {e}"
                 return
             self.p2_by_dp[dp_id] = (entry, ev.child_id)
+            if self._held_p2:
+                self._untrap(ev.phase2)
         entry.sas[ev.child_id] = dp_id
         # Kept for the listing without its keys: the data plane holds those, the table need not.
         entry.shown[ev.child_id] = dataclasses.replace(
@@ -1119,6 +1213,8 @@ class TunnelManager:
     def _remove_p1(self, e: P1Entry) -> dict[str, Any]:
         r = {"phase": 1, "tunnel": e.number, "name": e.definition.name if e.definition else None}
         self._cancel_restart(e.definition)
+        if e.definition is not None:
+            self._release_hold(e.definition.number)
         if not e.live or e.slot is None or e.slot.dead:
             self._forget_p1(e)
             r["status"] = "forgotten"
@@ -1283,6 +1379,7 @@ class TunnelManager:
             "offered": list(e.offered),
             "peer_offered": list(e.peer_offered),
             "phase2_tunnels": sorted(e.children),
+            "held": d is not None and (h := self._holds.get(d.number)) is not None and h.entry == e.number,
         }
 
     def _p2_record(self, e: P2Entry, now: float) -> dict[str, Any]:

@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import logging
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from ike.policy import TrafficSelector
 from ike.proto.api import Address, ChildSaEstablished
 
 log = logging.getLogger("ike.dataplane")
@@ -29,6 +30,9 @@ log = logging.getLogger("ike.dataplane")
 ExpiryCallback = Callable[[int, str], None]  # (child_id, "soft" | "hard")
 UdpSender = Callable[[bytes, Address, Address], None]  # (data, local, remote)
 IkeHandler = Callable[[bytes, Address, Address], None]  # (datagram, local, remote)
+AcquireCallback = Callable[[int], None]  # trap id: an outbound packet matched a trap (see `trap`)
+
+ACQUIRE_INTERVAL_S = 2.0  # a trap reports its traffic at most this often while nothing replaces it
 
 
 class DataPlaneError(Exception):
@@ -63,6 +67,19 @@ class DataPlane(Protocol):
         ...
 
     def counters(self, child_id: int) -> ChildCounters: ...
+
+    def trap(self, trap_id: int, local_ts: Sequence[TrafficSelector], remote_ts: Sequence[TrafficSelector]) -> None:
+        """Hold the traffic of these selectors without an SA (strongSwan's trap policy): route it to the
+        plane, drop it, and report it through the acquire callback, the first packet at once and then
+        at most every ACQUIRE_INTERVAL_S. A child installed later for the same selectors takes the
+        traffic over; `untrap` then removes the trap. Raises DataPlaneError if the plane cannot."""
+        ...
+
+    def untrap(self, trap_id: int) -> None:
+        """Remove a trap (unknown ids are ignored)."""
+        ...
+
+    def set_acquire_callback(self, cb: AcquireCallback) -> None: ...
 
     def set_expiry_callback(self, cb: ExpiryCallback) -> None: ...
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import socket
+from collections.abc import Sequence
 
-from ike.dataplane.base import ChildCounters, DataPlaneError, ExpiryCallback, IkeHandler, UdpSender
+from ike.dataplane.base import AcquireCallback, ChildCounters, DataPlaneError, ExpiryCallback, IkeHandler, UdpSender
+from ike.policy import TrafficSelector
 from ike.proto.api import Address, ChildSaEstablished
 
 
@@ -14,12 +16,15 @@ class NoneDataPlane:
     def __init__(self) -> None:
         self.children: dict[int, ChildSaEstablished] = {}
         self.esp_received = 0  # ESP datagrams handed to us and dropped
+        # No traffic ever reaches this plane, so a trap never fires; kept so tests can see it was set.
+        self.traps: dict[int, tuple[tuple[TrafficSelector, ...], tuple[TrafficSelector, ...]]] = {}
 
     async def start(self) -> None:
         return None
 
     async def close(self) -> None:
         self.children.clear()
+        self.traps.clear()
 
     def install(self, child: ChildSaEstablished) -> None:
         if child.child_id in self.children:
@@ -33,6 +38,15 @@ class NoneDataPlane:
         if child_id not in self.children:
             raise DataPlaneError(f"no child SA {child_id} is installed")
         return ChildCounters()
+
+    def trap(self, trap_id: int, local_ts: Sequence[TrafficSelector], remote_ts: Sequence[TrafficSelector]) -> None:
+        self.traps[trap_id] = (tuple(local_ts), tuple(remote_ts))
+
+    def untrap(self, trap_id: int) -> None:
+        self.traps.pop(trap_id, None)
+
+    def set_acquire_callback(self, cb: AcquireCallback) -> None:
+        return None
 
     def set_expiry_callback(self, cb: ExpiryCallback) -> None:
         return None

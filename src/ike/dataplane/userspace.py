@@ -39,7 +39,15 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from ike.dataplane.base import ChildCounters, DataPlaneError, ExpiryCallback, IkeHandler, UdpSender
+from ike.dataplane.base import (
+    ACQUIRE_INTERVAL_S,
+    AcquireCallback,
+    ChildCounters,
+    DataPlaneError,
+    ExpiryCallback,
+    IkeHandler,
+    UdpSender,
+)
 from ike.dataplane.esp import NH_IPV4, NH_IPV6, EspError, EspSa, Lifetime, SaExpiredError
 from ike.dataplane.gro import PLAIN, VNET_HDR_LEN, Coalescer
 from ike.dataplane.nftfilter import FilterError, InboundFilter
@@ -103,6 +111,19 @@ class _Out:
 
 
 @dataclass
+class _Trap:
+    """Selectors held without an SA: their packets are dropped and reported (an acquire)."""
+
+    trap_id: int
+    routes: list[tuple[int, str]]
+    last_acquire: float = float("-inf")
+
+
+def _trap_key(trap_id: int) -> int:
+    return -trap_id  # SPD and filter keys: children are positive, traps negative
+
+
+@dataclass
 class _In:
     sa: EspSa
     selectors: SelectorSet
@@ -159,7 +180,9 @@ class UserspaceDataPlane:
         self._expiry_cb: ExpiryCallback | None = None
         self._children: dict[int, _Child] = {}
         self._in: dict[int, _In] = {}  # inbound SPI -> SA
-        self._spd: Spd[_Out] = Spd()
+        self._spd: Spd[_Out | _Trap] = Spd()
+        self._traps: dict[int, _Trap] = {}
+        self._acquire_cb: AcquireCallback | None = None
         self._route_refs: dict[tuple[int, str], int] = {}
         # plane-wide drop counters (no SA to charge them to)
         self.no_policy = 0
@@ -235,6 +258,8 @@ class UserspaceDataPlane:
     async def close(self) -> None:
         for cid in list(self._children):
             self.remove(cid)
+        for tid in list(self._traps):
+            self.untrap(tid)
         loop = self._loop
         if loop is not None:
             for s in list(self._raw.values()) + list(self._udp.values()):
@@ -372,9 +397,9 @@ class UserspaceDataPlane:
             except FilterError as e:
                 raise DataPlaneError(f"child SA {cid}: {e}") from e
         try:
-            self._add_routes(rec)
+            self._add_routes(child.local_ts, child.remote_ts, rec.routes)
         except DataPlaneError:
-            self._del_routes(rec)
+            self._del_routes(rec.routes)
             if self._filter is not None:
                 self._filter.remove(cid)
             raise
@@ -435,16 +460,18 @@ class UserspaceDataPlane:
             pass
         return out
 
-    def _add_routes(self, rec: _Child) -> None:
-        child = rec.child
+    def _add_routes(
+        self, local_ts: Sequence[TrafficSelector], remote_ts: Sequence[TrafficSelector], routes: list[tuple[int, str]]
+    ) -> None:
+        """Route `remote_ts` into the TUN device, appending each route taken (ref-counted) to `routes`."""
         locals_ = self._local_addresses()
-        for ts in child.remote_ts:
+        for ts in remote_ts:
             # Source hint: one of our own addresses inside the local selectors, so that traffic the
             # gateway itself originates is matched by the SA.
             src = next(
                 (
                     str(a)
-                    for lts in child.local_ts
+                    for lts in local_ts
                     if lts.version == ts.version
                     for a in locals_
                     if a.version == ts.version and int(lts.start) <= int(a) <= int(lts.end)
@@ -469,10 +496,10 @@ class UserspaceDataPlane:
                         args += ["src", src]
                     _ip(*args)
                 self._route_refs[key] = self._route_refs.get(key, 0) + 1
-                rec.routes.append(key)
+                routes.append(key)
 
-    def _del_routes(self, rec: _Child) -> None:
-        for key in rec.routes:
+    def _del_routes(self, routes: list[tuple[int, str]]) -> None:
+        for key in routes:
             n = self._route_refs.get(key, 0) - 1
             if n <= 0:
                 self._route_refs.pop(key, None)
@@ -480,7 +507,7 @@ class UserspaceDataPlane:
                 _ip(f"-{v}", "route", "del", prefix, "dev", self.tun_name, "table", str(self.table), check=False)
             else:
                 self._route_refs[key] = n
-        rec.routes.clear()
+        routes.clear()
 
     def remove(self, child_id: int) -> None:
         rec = self._children.pop(child_id, None)
@@ -490,10 +517,64 @@ class UserspaceDataPlane:
             t.cancel()
         self._in.pop(rec.inn.sa.spi, None)
         self._spd.remove(child_id)
-        self._del_routes(rec)
+        self._del_routes(rec.routes)
         if self._filter is not None:
             self._filter.remove(child_id)
         log.info("removed child SA %d", child_id)
+
+    # -- traps (held traffic) ----------------------------------------------------------------------
+
+    def set_acquire_callback(self, cb: AcquireCallback) -> None:
+        self._acquire_cb = cb
+
+    def trap(self, trap_id: int, local_ts: Sequence[TrafficSelector], remote_ts: Sequence[TrafficSelector]) -> None:
+        if trap_id <= 0:
+            raise DataPlaneError(f"trap id {trap_id} must be positive")
+        if self._tun_fd < 0:
+            raise DataPlaneError("the userspace data plane is not started")
+        self.untrap(trap_id)
+        key = _trap_key(trap_id)
+        t = _Trap(trap_id, [])
+        if self._filter is not None:
+            try:
+                self._filter.add(key, local_ts, remote_ts)
+            except FilterError as e:
+                raise DataPlaneError(f"trap {trap_id}: {e}") from e
+        try:
+            self._add_routes(local_ts, remote_ts, t.routes)
+        except DataPlaneError:
+            self._del_routes(t.routes)
+            if self._filter is not None:
+                self._filter.remove(key)
+            raise
+        self._traps[trap_id] = t
+        self._spd.add(key, local_ts, remote_ts, t)
+        log.info(
+            "trap %d: holding %s <-> %s until a tunnel carries it",
+            trap_id,
+            ",".join(map(str, local_ts)),
+            ",".join(map(str, remote_ts)),
+        )
+
+    def untrap(self, trap_id: int) -> None:
+        t = self._traps.pop(trap_id, None)
+        if t is None:
+            return
+        key = _trap_key(trap_id)
+        self._spd.remove(key)
+        self._del_routes(t.routes)
+        if self._filter is not None:
+            self._filter.remove(key)
+        log.info("trap %d removed", trap_id)
+
+    def _acquire(self, t: _Trap) -> None:
+        assert self._loop is not None
+        now = self._loop.time()
+        if now - t.last_acquire < ACQUIRE_INTERVAL_S or self._acquire_cb is None:
+            return
+        t.last_acquire = now
+        # Not from inside the TUN read loop: the daemon starts a negotiation in answer.
+        self._loop.call_soon(self._acquire_cb, t.trap_id)
 
     # -- counters and expiry -----------------------------------------------------------------------
 
@@ -561,6 +642,9 @@ class UserspaceDataPlane:
                 out = lookup(pkt)
                 if out is None:
                     self.no_policy += 1
+                    continue
+                if isinstance(out, _Trap):
+                    self._acquire(out)
                     continue
                 try:
                     if out.transport:

@@ -19,10 +19,10 @@ import logging
 import os
 import socket
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
-from ike.dataplane.base import ChildCounters, DataPlaneError, ExpiryCallback, IkeHandler, UdpSender
+from ike.dataplane.base import AcquireCallback, ChildCounters, DataPlaneError, ExpiryCallback, IkeHandler, UdpSender
 from ike.policy import TrafficSelector
 from ike.proto.api import Address, ChildSaEstablished
 from ike.proto.transforms import ENCR, INTEG
@@ -468,6 +468,17 @@ class XfrmDataPlane:
 
     def set_udp_sender(self, send: UdpSender) -> None:
         return None  # the kernel sends ESP-in-UDP itself
+
+    def trap(self, trap_id: int, local_ts: Sequence[TrafficSelector], remote_ts: Sequence[TrafficSelector]) -> None:
+        # Would be an out policy with a template and no SA, plus a listener for XFRM_MSG_ACQUIRE; not
+        # built yet (this machine's kernel has no ESP to prove it with). The daemon clears instead.
+        raise DataPlaneError("the XFRM data plane cannot hold traffic without an SA yet (dpd_action hold)")
+
+    def untrap(self, trap_id: int) -> None:
+        return None
+
+    def set_acquire_callback(self, cb: AcquireCallback) -> None:
+        return None
 
     def receive_udp_esp(self, data: bytes, local: Address, remote: Address) -> None:
         # With UDP_ENCAP set on the socket the kernel takes ESP before the daemon sees it.
