@@ -72,3 +72,7 @@ pip_install() {
 }
 # pytest-timeout: a hung test fails by itself instead of eating CI's 90 minutes (make pytest sets it).
 pip_install -e '.[test]' 'pytest-timeout>=2.2'
+# An editable install leaves our modules uncompiled, and where PYTHONDONTWRITEBYTECODE is set (this
+# machine, CI) every `ike` and `iked` start would compile them again: about 15 ms of each `ike`
+# command. A wheel install compiles at install time; do the same here (stale files are ignored).
+"$PYTHON" -m compileall -q src >/dev/null

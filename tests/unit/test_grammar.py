@@ -29,9 +29,9 @@ def test_manual_examples_parse() -> None:
     c = parse(["cmd=remove", "all"])
     assert c.all and c.phase is None and c.numlist is None
     assert parse(["cmd=remove", "phase=2", "all"]).all
-    assert parse(["cmd=log"]) == Command(
-        "log", None, None, None, None, None, False, False, False, False, False, None, "text"
-    )
+    assert parse(["cmd=log"]) == Command(cmd="log")
+    assert parse(["cmd=list", "db"]) != Command(cmd="list")
+    assert "cmd='log'" in repr(parse(["cmd=log"]))
     c = parse(["cmd=activate", "autostart"])
     assert c.autostart and not c.wait
     c = parse(["cmd=activate", "phase=1", "namelist=gw-a,gw-b", "wait"])

@@ -10,11 +10,17 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Callable
-from typing import Any, TextIO
 
-from ike.cli.grammar import Command
 from ike.daemon import client
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # not at run time: `typing` costs `ike` start-up time
+    from collections.abc import Callable
+    from typing import Any, TextIO
+
+    from ike.cli.grammar import Command
+
+    Requester = Callable[[str, dict[str, Any], float | None], Any]
 
 EXIT_FAILED = 1
 EXIT_NOT_RUNNING = 3
@@ -23,8 +29,6 @@ EXIT_NOT_ROOT = 4
 WAIT_TIMEOUT_S = 60.0
 WAIT_PER_TUNNEL_S = 0.5
 WAIT_MAX_S = 3600.0
-
-Requester = Callable[[str, dict[str, Any], float | None], Any]
 
 
 def _default_request(op: str, args: dict[str, Any], timeout: float | None) -> Any:

@@ -7,9 +7,7 @@ that make sense. Defaults (e.g. list's phase 1+) are applied by the consumer, no
 
 from __future__ import annotations
 
-import ipaddress
 import re
-from dataclasses import dataclass
 
 COMMANDS = ("activate", "list", "remove", "log")
 VALUE_FLAGS = ("cmd", "phase", "numlist", "namelist", "remid", "ipaddr", "role", "format")
@@ -40,21 +38,68 @@ _NUM = re.compile(r"[0-9]+")
 _NAME = re.compile(r"[A-Za-z0-9_.@:/+-][A-Za-z0-9_.@:/+ =-]*")
 
 
-@dataclass(frozen=True)
 class Command:
-    cmd: str  # "activate" | "list" | "remove" | "log"
-    phase: str | None  # "1" | "2" | "1+" | None (as given; defaults applied by the consumer per the manual)
-    numlist: tuple[int, ...] | None
-    namelist: tuple[str, ...] | None
-    remid: str | None
-    ipaddr: tuple[str, str] | None
-    db: bool
-    all: bool
-    verbose: bool
-    autostart: bool
-    wait: bool  # addition: activate blocks until established/failed
-    role: str | None  # "i" | "r"
-    format: str  # "text" | "json"
+    """A parsed command line. A plain class, not a dataclass: importing `dataclasses` alone costs
+    `ike` about 30 ms of start-up here, and `ike` must start fast (see docs/performance.md)."""
+
+    __slots__ = (
+        "all",
+        "autostart",
+        "cmd",
+        "db",
+        "format",
+        "ipaddr",
+        "namelist",
+        "numlist",
+        "phase",
+        "remid",
+        "role",
+        "verbose",
+        "wait",
+    )
+
+    def __init__(
+        self,
+        *,
+        cmd: str,
+        phase: str | None = None,
+        numlist: tuple[int, ...] | None = None,
+        namelist: tuple[str, ...] | None = None,
+        remid: str | None = None,
+        ipaddr: tuple[str, str] | None = None,
+        db: bool = False,
+        all: bool = False,
+        verbose: bool = False,
+        autostart: bool = False,
+        wait: bool = False,
+        role: str | None = None,
+        format: str = "text",
+    ) -> None:
+        self.cmd = cmd  # "activate" | "list" | "remove" | "log"
+        self.phase = phase  # "1" | "2" | "1+" | None (as given; defaults applied by the consumer per the manual)
+        self.numlist = numlist
+        self.namelist = namelist
+        self.remid = remid
+        self.ipaddr = ipaddr
+        self.db = db
+        self.all = all
+        self.verbose = verbose
+        self.autostart = autostart
+        self.wait = wait  # addition: activate blocks until established/failed
+        self.role = role  # "i" | "r"
+        self.format = format  # "text" | "json"
+
+    def _fields(self) -> tuple[object, ...]:
+        return tuple(getattr(self, f) for f in self.__slots__)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Command) and self._fields() == other._fields()
+
+    def __hash__(self) -> int:
+        return hash(self._fields())
+
+    def __repr__(self) -> str:
+        return "Command(" + ", ".join(f"{f}={getattr(self, f)!r}" for f in self.__slots__) + ")"
 
 
 class UsageError(Exception):
@@ -103,6 +148,8 @@ def _parse_ipaddr(text: str) -> tuple[str, str]:
     parts = text.split(",")
     if len(parts) != 2:
         raise UsageError(f"ipaddr={text}: give two addresses, ipaddr=src_addr,dst_addr")
+    import ipaddress  # here: most command lines have no ipaddr=, and the import costs start-up time
+
     addrs = []
     for p in parts:
         try:

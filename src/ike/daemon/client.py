@@ -1,4 +1,5 @@
-"""The `ike` side of the control socket (blocking; `ike` is a short-lived command)."""
+"""The `ike` side of the control socket (blocking; `ike` is a short-lived command). Imports only
+what a request needs: `ike`'s start-up time is most of a user's wait (docs/performance.md)."""
 
 from __future__ import annotations
 
@@ -6,10 +7,13 @@ import errno
 import json
 import os
 import socket
-from pathlib import Path
-from typing import Any
 
 from ike import paths
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from pathlib import Path
+    from typing import Any
 
 
 class ClientError(Exception):
@@ -30,14 +34,14 @@ class DaemonError(ClientError):
 
 def request(op: str, args: dict[str, Any] | None = None, timeout: float | None = 30.0, path: Path | None = None) -> Any:
     """Send one request and return the daemon's `result`; raise a ClientError otherwise."""
-    sock_path = path or paths.control_socket()
+    sock_path = str(path) if path is not None else paths.control_socket_name()
     if os.geteuid() != 0:
         raise NotRoot("ike: you must be root to control active tunnels (try sudo)")
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         s.settimeout(5.0)
         try:
-            s.connect(str(sock_path))
+            s.connect(sock_path)
         except FileNotFoundError:
             raise DaemonNotRunning(
                 f"ike: the tunnel manager iked is not running (no control socket at {sock_path}); "
