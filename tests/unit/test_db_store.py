@@ -83,6 +83,12 @@ def test_file_and_directory_modes(tmp_path: Path) -> None:
     path.chmod(0o644)
     Store(path).close()
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    # WAL mode: the log and shared-memory files hold the same data and get the same mode.
+    with Store(path) as s:
+        s.put(Definitions(km_policies=[KM]))
+        for suffix in ("-wal", "-shm"):
+            side = path.with_name(path.name + suffix)
+            assert stat.S_IMODE(side.stat().st_mode) == 0o600, suffix
 
 
 def test_default_path_follows_ike_db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

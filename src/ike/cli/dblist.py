@@ -46,8 +46,9 @@ def select(store: Store, phase: str, numlist: tuple[int, ...] | None) -> tuple[l
     """The entries to show, in order, and the requested numbers that do not exist.
     phase 1: phase 1 tunnels; 1+: each phase 1 followed by its phase 2 tunnels; 2: the phase 2
     tunnels, each group preceded by the phase 1 tunnel it runs under."""
-    p1 = store.phase1_tunnels()
-    p2 = store.phase2_tunnels()
+    with store.snapshot():  # one state of the file, or a writer in between leaves p2 rows without p1
+        p1 = store.phase1_tunnels()
+        p2 = store.phase2_tunnels()
     by_number = {t.number: t for t in p1}
     under: dict[int, list[Phase2Tunnel]] = {}
     for t2 in p2:

@@ -263,5 +263,5 @@ def load_from_store(db: Path) -> IndexedPolicies:
     """Read every definition from the database at `db`."""
     from ike.db.store import Store
 
-    with Store(db) as store:
+    with Store(db) as store, store.snapshot():
         return IndexedPolicies(store.phase1_tunnels(), store.phase2_tunnels(), store.groups())

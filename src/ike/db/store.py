@@ -2,6 +2,10 @@
 
 Every write is one `BEGIN IMMEDIATE` transaction that first checks everything and then writes, so a
 refused write changes nothing and two writers serialise on SQLite's lock instead of losing entries.
+Every read that takes more than one SELECT runs in one read transaction (`snapshot()`), and the file
+is in WAL mode: a reader sees one committed state from start to end, never a phase 2 tunnel whose
+phase 1 tunnel a concurrent writer added after the reader's first SELECT, and readers (the daemon,
+`ike cmd=list db`) neither wait for writers nor make them wait.
 This module imports no crypto and no XML: `ike cmd=list db` goes through it and must start fast.
 """
 
@@ -67,6 +71,10 @@ class Store:
         self._conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
         self._conn.execute("PRAGMA foreign_keys = ON")
         migrate(self._conn)
+        # Persistent in the file: switched once, then every later open finds it set. SQLite gives
+        # the -wal and -shm files the database file's mode, so they are 0600 too.
+        if self._conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+            self._conn.execute("PRAGMA journal_mode = WAL")
 
     def close(self) -> None:
         self._conn.close()
@@ -87,6 +95,20 @@ class Store:
             raise
         self._conn.execute("COMMIT")
 
+    @contextlib.contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """Every read inside sees the same committed state of the file, whatever other processes
+        write meanwhile. Nests, and inside a write it is that write's own transaction."""
+        if self._conn.in_transaction:
+            yield
+            return
+        # Deferred: the snapshot starts at the first SELECT and takes no write lock.
+        self._conn.execute("BEGIN")
+        try:
+            yield
+        finally:
+            self._conn.execute("COMMIT")
+
     # ---------------------------------------------------------------- reading
 
     def _q(self, sql: str, args: Iterable[Any] = ()) -> list[sqlite3.Row]:
@@ -95,10 +117,12 @@ class Store:
         return cur.execute(sql, tuple(args)).fetchall()
 
     def km_policies(self) -> list[KeyManagementPolicy]:
-        return [self._km(r) for r in self._q("SELECT * FROM km_policy ORDER BY name")]
+        with self.snapshot():
+            return [self._km(r) for r in self._q("SELECT * FROM km_policy ORDER BY name")]
 
     def dm_policies(self) -> list[DataManagementPolicy]:
-        return [self._dm(r) for r in self._q("SELECT * FROM dm_policy ORDER BY name")]
+        with self.snapshot():
+            return [self._dm(r) for r in self._q("SELECT * FROM dm_policy ORDER BY name")]
 
     def _km(self, r: sqlite3.Row) -> KeyManagementPolicy:
         props = tuple(
@@ -136,6 +160,10 @@ class Store:
         return {(r["id_type"], r["id_value"]): bytes(r["key"]) for r in self._q("SELECT * FROM psk")}
 
     def _phase1_rows(self, where: str = "", args: Iterable[Any] = ()) -> list[Phase1Tunnel]:
+        with self.snapshot():
+            return self._phase1_rows_in(where, args)
+
+    def _phase1_rows_in(self, where: str, args: Iterable[Any]) -> list[Phase1Tunnel]:
         rows = self._q(f"SELECT * FROM phase1 {where} ORDER BY number", args)  # noqa: S608 (names are constants here)
         if not rows:
             return []
@@ -165,6 +193,10 @@ class Store:
         return out
 
     def _phase2_rows(self, where: str = "", args: Iterable[Any] = ()) -> list[Phase2Tunnel]:
+        with self.snapshot():
+            return self._phase2_rows_in(where, args)
+
+    def _phase2_rows_in(self, where: str, args: Iterable[Any]) -> list[Phase2Tunnel]:
         rows = self._q(f"SELECT * FROM phase2 {where} ORDER BY number", args)  # noqa: S608 (names are constants here)
         if not rows:
             return []
@@ -206,12 +238,13 @@ class Store:
 
     def groups(self) -> list[Group]:
         out = []
-        for g in self._q("SELECT * FROM ike_group ORDER BY name"):
-            members = tuple(
-                m["member"]
-                for m in self._q("SELECT member FROM ike_group_member WHERE group_id = ? ORDER BY seq", (g["id"],))
-            )
-            out.append(Group(g["name"], members))
+        with self.snapshot():
+            for g in self._q("SELECT * FROM ike_group ORDER BY name"):
+                members = tuple(
+                    m["member"]
+                    for m in self._q("SELECT member FROM ike_group_member WHERE group_id = ? ORDER BY seq", (g["id"],))
+                )
+                out.append(Group(g["name"], members))
         return out
 
     def preshared_keys(self) -> list[PresharedKey]:
@@ -222,16 +255,17 @@ class Store:
 
     def definitions(self) -> Definitions:
         """Everything, in the form put() takes: put(definitions()) into an empty file copies the database."""
-        p1 = self.phase1_tunnels()
-        names = {t.number: t.name for t in p1}
-        return Definitions(
-            km_policies=self.km_policies(),
-            dm_policies=self.dm_policies(),
-            phase1=[spec_of_phase1(t) for t in p1],
-            phase2=[spec_of_phase2(t, names[t.phase1]) for t in self.phase2_tunnels()],
-            groups=self.groups(),
-            psks=self.preshared_keys(),
-        )
+        with self.snapshot():
+            p1 = self.phase1_tunnels()
+            names = {t.number: t.name for t in p1}
+            return Definitions(
+                km_policies=self.km_policies(),
+                dm_policies=self.dm_policies(),
+                phase1=[spec_of_phase1(t) for t in p1],
+                phase2=[spec_of_phase2(t, names[t.phase1]) for t in self.phase2_tunnels()],
+                groups=self.groups(),
+                psks=self.preshared_keys(),
+            )
 
     # ---------------------------------------------------------------- writing
 
