@@ -480,3 +480,35 @@ def test_write_then_read_is_the_identity(
     back, _ = read_definitions(text.encode(), "x.xml", Path("/"))
     assert back == defs
     assert write_definitions(back) == text
+
+
+def test_export_file_is_0600_even_when_it_existed(db: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert ikedb.main(["put", str(EXAMPLES / "host-to-host-psk.xml")]) == 0
+    out = tmp_path / "old.xml"
+    out.write_text("an older, world-readable file\n")
+    out.chmod(0o644)
+    assert ikedb.main(["get", "-o", str(out)]) == 0
+    assert out.stat().st_mode & 0o777 == 0o600
+    assert "IKEPresharedKey" in out.read_text() and "older" not in out.read_text()
+    # Through a symbolic link: the file it points to is replaced, the link stays.
+    link = tmp_path / "link.xml"
+    link.symlink_to(out)
+    out.chmod(0o644)
+    assert ikedb.main(["get", "-t", "IKETunnel", "-o", str(link)]) == 0
+    assert link.is_symlink() and out.stat().st_mode & 0o777 == 0o600
+    assert "IKEPresharedKey" not in out.read_text() and "IKETunnel" in out.read_text()
+
+
+@pytest.mark.parametrize("where", ["missing-dir", "a-directory"])
+def test_export_to_an_unwritable_place_says_so(
+    db: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], where: str
+) -> None:
+    assert ikedb.main(["put", str(EXAMPLES / "host-to-host-psk.xml")]) == 0
+    (tmp_path / "a-directory").mkdir()
+    target = tmp_path / "missing-dir" / "x.xml" if where == "missing-dir" else tmp_path / "a-directory"
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    capsys.readouterr()
+    assert ikedb.main(["get", "-o", str(target)]) == 1
+    err = capsys.readouterr().err
+    assert str(target) in err and "-o" in err and "nothing was written" in err, err
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before  # no temporary file left behind

@@ -10,6 +10,8 @@ The AIX spellings `ikedb -p[F][s] FILE`, `ikedb -g[r][s] ...` and `ikedb -d -t T
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import os
 import sys
 from dataclasses import replace
@@ -55,7 +57,9 @@ def _parser() -> argparse.ArgumentParser:
     get.add_argument("--cert", help="with -s: the peer's certificate file")
     get.add_argument("--key", help="with -s: the peer's private key file")
     get.add_argument("--ca", help="with -s: the peer's CA certificate file")
-    get.add_argument("-o", dest="output", help="write to this file (mode 0600) instead of standard output")
+    get.add_argument(
+        "-o", dest="output", help="write to this file (created anew, mode 0600) instead of standard output"
+    )
     de = sub.add_parser("delete", help="delete one entry")
     de.add_argument("-t", dest="type", choices=KINDS, required=True)
     de.add_argument("-n", dest="name", required=True)
@@ -205,13 +209,51 @@ def _get(store: Store, args: argparse.Namespace) -> int:
         return EXIT_FAIL
     text = write_definitions(defs)
     if args.output:
-        # The export carries pre-shared keys: never readable by others, even briefly.
-        fd = os.open(args.output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        try:
+            write_private(args.output, text)
+        except OSError as e:
+            why = e.strerror or str(e)
+            fix = (
+                f"give -o a file name in it, such as {os.path.join(args.output, 'ike-export.xml')}"
+                if isinstance(e, IsADirectoryError)
+                else "give -o the name of a file in an existing directory that root can write"
+            )
+            print(
+                f"ikedb: cannot write {args.output}: {why}; {fix} (or leave out -o for standard output); "
+                "nothing was written",
+                file=sys.stderr,
+            )
+            return EXIT_FAIL
     else:
         sys.stdout.write(text)
     return EXIT_OK
+
+
+def write_private(path: str, text: str) -> None:
+    """Write `text` to `path` as a new mode 0600 file that replaces any old one.
+
+    The export carries pre-shared keys. Truncating an existing file would keep its mode (0644: keys
+    readable by all), and even a chmod leaves them to anyone who already has it open; a new file
+    renamed over the old one is never readable by others, not even briefly. A symbolic link is
+    followed, so the file it names is replaced and the link stays."""
+    import tempfile
+
+    target = os.path.realpath(path)
+    if os.path.isdir(target):
+        raise IsADirectoryError(errno.EISDIR, "it is a directory", path)
+    if os.path.lexists(target) and not os.path.isfile(target):
+        raise OSError(errno.EINVAL, "it exists and is not a regular file", path)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(target), prefix=".ikedb-", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def _delete(store: Store, args: argparse.Namespace) -> int:
