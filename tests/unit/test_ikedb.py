@@ -512,3 +512,46 @@ def test_export_to_an_unwritable_place_says_so(
     err = capsys.readouterr().err
     assert str(target) in err and "-o" in err and "nothing was written" in err, err
     assert sorted(p.name for p in tmp_path.rglob("*")) == before  # no temporary file left behind
+
+
+HOSTNAME_PEER = """<AIX_VPN>
+  <IKEProtection IKE_ProtectionName="k"><IKETransform IKE_Encryption="aes-gcm-16" IKE_KeyLength="128"
+      IKE_PRF="hmac-sha2-256" IKE_DHGroup="19"/></IKEProtection>
+  <IPSecProtection IPSec_ProtectionName="e"><IPSecESPProtocol ESP_Encryption="aes-gcm-16"
+      ESP_KeyLength="128"/></IPSecProtection>
+  <IKETunnel IKE_TunnelName="to-b" IKE_ProtectionRef="k" IKE_LocalAddress="198.18.0.1"
+      IKE_RemoteAddress="gw-b.example">
+    <IKELocalIdentity><FQDN Value="gw-a.example"/></IKELocalIdentity>
+    <IKERemoteIdentity><FQDN Value="gw-b.example"/></IKERemoteIdentity>
+  </IKETunnel>
+  <IPSecTunnel IPSec_TunnelName="to-b-net" IKE_TunnelName="to-b" IPSec_ProtectionRef="e">
+    <IPSecLocalIdentity><IPV4_Subnet Value="198.19.1.0" NetMask="24"/></IPSecLocalIdentity>
+    <IPSecRemoteIdentity><IPV4_Subnet Value="198.19.2.0" NetMask="24"/></IPSecRemoteIdentity>
+  </IPSecTunnel>
+  <IKEPresharedKey Value="k-for-b"><PK_Identity><FQDN Value="gw-b.example"/></PK_Identity></IKEPresharedKey>
+</AIX_VPN>
+"""
+
+
+def test_swapped_export_of_a_peer_known_by_host_name_imports_at_the_peer(
+    db: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert put(tmp_path, HOSTNAME_PEER) == 0
+    exported = tmp_path / "for-b.xml"
+    capsys.readouterr()
+    assert ikedb.main(["get", "-s", "-o", str(exported)]) == 0
+    # The peer's own host name is no address to send from: the peer uses any local address, and says so.
+    assert "IKETunnel 'to-b'" in capsys.readouterr().err
+    b_db = tmp_path / "b" / "ike.db"
+    monkeypatch.setenv("IKE_DB", str(b_db))
+    assert ikedb.main(["put", str(exported)]) == 0, capsys.readouterr().err
+    with Store(b_db) as s:
+        (t1,) = s.phase1_tunnels()
+        assert (t1.local_id.value, t1.remote_id.value) == ("gw-b.example", "gw-a.example")
+        assert (t1.local_addr, t1.remote_addr) == ("", "198.18.0.1")
+        assert t1.credentials.psk == b"k-for-b"
+    # put -s of A's plain export is the same.
+    monkeypatch.setenv("IKE_DB", str(tmp_path / "c" / "ike.db"))
+    assert put(tmp_path, HOSTNAME_PEER, "-s") == 0, capsys.readouterr().err
+    with Store(tmp_path / "c" / "ike.db") as s:
+        assert [(t.local_addr, t.remote_addr) for t in s.phase1_tunnels()] == [("", "198.18.0.1")]

@@ -109,7 +109,10 @@ def _put(store: Store, args: argparse.Namespace) -> int:
     try:
         defs, lines = read_definitions(data, name, base)
         if args.swap:
-            defs = swap(defs)
+            notes: list[str] = []
+            defs = swap(defs, notes)
+            for note in notes:
+                print(f"ikedb: {name}: note: {note}", file=sys.stderr)
         if defs.is_empty():
             print(f"ikedb: {name}: no entries; nothing to do", file=sys.stderr)
             return EXIT_FAIL
@@ -188,7 +191,10 @@ def _get(store: Store, args: argparse.Namespace) -> int:
     try:
         defs = select(store.definitions(), args.type, args.name, args.recursive or args.swap)
         if args.swap:
-            defs = swap(defs)
+            notes: list[str] = []
+            defs = swap(defs, notes)
+            for note in notes:
+                print(f"ikedb: note: {note}", file=sys.stderr)
             if args.cert:
                 defs.phase1 = [
                     replace(

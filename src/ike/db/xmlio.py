@@ -618,13 +618,29 @@ def problems_to_lines(
 # ---------------------------------------------------------------- swapping
 
 
-def swap(defs: Definitions) -> Definitions:
+def swap(defs: Definitions, notes: list[str] | None = None) -> Definitions:
     """What the peer needs: local and remote identities, addresses and selectors exchanged, and
     each pre-shared key filed under the identity the peer will see (this side's local ID).
-    Tunnel numbers are dropped (the peer numbers its own). Keys no exported tunnel uses are left out."""
+    Tunnel numbers are dropped (the peer numbers its own). Keys no exported tunnel uses are left out.
+
+    A remote address that is a host name becomes "any local address" at the peer, as in a file
+    written there by hand: the peer sends from whatever address routes to us (strongSwan's
+    local_addrs=%any), while its own name is no address to bind to. Such changes are appended to
+    `notes` for the user."""
     if any(t1.local_addr == "" for t1 in defs.phase1):
         names = ", ".join(t.name for t in defs.phase1 if not t.local_addr)
         raise ValueError(f"cannot swap IKETunnel {names}: it has no local address for the peer to use as remote")
+    by_name: list[tuple[Phase1Spec, str]] = []
+    for t1 in defs.phase1:
+        peer_local = t1.remote_addr
+        if not _is_ip(peer_local):
+            peer_local = ""
+            if notes is not None:
+                notes.append(
+                    f"IKETunnel {t1.name!r}: the remote address {t1.remote_addr!r} is a host name, so the "
+                    "peer's side leaves IKE_LocalAddress out and sends from any of its addresses"
+                )
+        by_name.append((t1, peer_local))
     psks = {(k.identity.type, k.identity.value): k.key for k in defs.psks}
     swapped_psks: dict[tuple[IdType, str], PresharedKey] = {}
     for t1 in defs.phase1:
@@ -639,16 +655,24 @@ def swap(defs: Definitions) -> Definitions:
                 t,
                 local_id=t.remote_id,
                 remote_id=t.local_id,
-                local_addr=t.remote_addr,
+                local_addr=peer_local,
                 remote_addr=t.local_addr,
                 number=None,
             )
-            for t in defs.phase1
+            for t, peer_local in by_name
         ],
         phase2=[replace(t, local_ts=t.remote_ts, remote_ts=t.local_ts, number=None) for t in defs.phase2],
         groups=list(defs.groups),
         psks=list(swapped_psks.values()),
     )
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 # ---------------------------------------------------------------- writing
