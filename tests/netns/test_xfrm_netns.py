@@ -297,3 +297,37 @@ def probe_esp_expected() -> bool:
         check=True,
     ).stdout
     return out.strip() == "true"
+
+
+BYPASS = textwrap.dedent(
+    """
+    import socket, sys
+    from ike.dataplane.xfrm import XfrmDataPlane
+    fam = socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET
+    for bypass in (False, True):
+        s = socket.socket(fam, socket.SOCK_DGRAM)
+        if bypass:
+            XfrmDataPlane().bypass_socket(s)
+        try:
+            s.sendto(b"ike", (sys.argv[1], 500))
+            print(bypass, "sent", flush=True)
+        except OSError as e:
+            print(bypass, "refused", e.errno, flush=True)
+        s.close()
+    """
+)
+
+
+@pytest.mark.parametrize("v6", [False, True], ids=["v4", "v6"])
+def test_bypass_socket_passes_a_policy_that_blocks_everything_else(v6: bool) -> None:
+    # A host-to-host tunnel's policies cover the peer's own address: IKE must get past them. A block
+    # policy stands in for them (no ESP SA is needed to see it work on this kernel).
+    with two_hosts(v6=v6) as (a, b):
+        peer = b.outer6 if v6 else b.outer4
+        assert peer is not None
+        plen = 128 if v6 else 32
+        any_ = "::/0" if v6 else "0.0.0.0/0"
+        a.run(["ip", "xfrm", "policy", "add", "dir", "out", "src", any_, "dst", f"{peer}/{plen}", "action", "block"])
+        out = a.run([sys.executable, "-c", BYPASS, peer], env=_ENV).stdout.split("\n")
+        assert out[0] == "False refused 1", out  # EPERM: the policy applies to ordinary sockets
+        assert out[1] == "True sent", out

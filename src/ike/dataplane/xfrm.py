@@ -494,8 +494,9 @@ class XfrmDataPlane:
             )
         )
         for direction in (XFRM_POLICY_IN, XFRM_POLICY_OUT):
+            # The kernel refuses (EINVAL) a socket policy whose selector names no address family.
             pol = _USERPOLICY_INFO.pack(
-                selector(0), lifetime_cfg(), bytes(32), 0, 0, direction, XFRM_POLICY_ALLOW, 0, 0
+                selector(sock.family), lifetime_cfg(), bytes(32), 0, 0, direction, XFRM_POLICY_ALLOW, 0, 0
             )
             try:
                 sock.setsockopt(level, opt, pol)
