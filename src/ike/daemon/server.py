@@ -232,24 +232,45 @@ class UdpServer:
             self.stats.send_errors += 1
             log.debug("send to %s:%d failed: %s", remote[0], remote[1], e)
 
-    def hand_natt_to(self, attach: Callable[[socket.socket, IkeReceiver], None]) -> int:
+    def hand_natt_to(
+        self,
+        attach: Callable[[socket.socket, IkeReceiver], None],
+        decap: Callable[[socket.socket], None] | None = None,
+    ) -> int:
         """Let the data plane read the NAT-T sockets itself (it batches ESP-in-UDP and passes
         everything else back here, marker included). Only for sockets bound to one address, one
         per family: the data plane neither learns a wildcard socket's local address per datagram
-        nor keeps more than one socket per family. Returns how many were handed over."""
+        nor keeps more than one socket per family. Returns how many were handed over.
+
+        Sockets iked keeps reading still get `decap` (default: the data plane's `decap_udp_socket`,
+        which planes with kernel ESP-in-UDP offer): the kernel then takes ESP off them and leaves
+        IKE, marker included, to us. Without it a kernel SA would never see that ESP."""
+        if decap is None:
+            decap = getattr(getattr(attach, "__self__", None), "decap_udp_socket", None)
         natt = [ep for (_a, port), ep in self._specific.items() if port == self.natt_port]
-        if self._wildcard or len({ep.family for ep in natt}) != len(natt):
-            return 0
+        kept = [ep for (_f, port), ep in self._wildcard.items() if port == self.natt_port]
         handed = 0
-        for ep in natt:
-            self.loop.remove_reader(ep.sock.fileno())
-            try:
-                attach(ep.sock, self._from_natt_port)
-            except Exception as e:
-                log.debug("data plane does not read %s:%d itself (%s); iked does", ep.addr, ep.port, e)
-                self.loop.add_reader(ep.sock.fileno(), ep._readable)
-                continue
-            handed += 1
+        if self._wildcard or len({ep.family for ep in natt}) != len(natt):
+            kept += natt
+        else:
+            for ep in natt:
+                self.loop.remove_reader(ep.sock.fileno())
+                try:
+                    attach(ep.sock, self._from_natt_port)
+                except Exception as e:
+                    log.debug("data plane does not read %s:%d itself (%s); iked does", ep.addr, ep.port, e)
+                    self.loop.add_reader(ep.sock.fileno(), ep._readable)
+                    kept.append(ep)
+                    continue
+                handed += 1
+        if decap is not None:
+            for ep in kept:
+                try:
+                    decap(ep.sock)
+                except Exception as e:
+                    log.error("ESP-in-UDP to %s:%d will not reach the kernel's SAs: %s", ep.addr, ep.port, e)
+                else:
+                    log.debug("the kernel takes ESP-in-UDP on %s:%d; iked reads the IKE there", ep.addr, ep.port)
         return handed
 
     def sockets(self) -> list[socket.socket]:

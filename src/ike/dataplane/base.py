@@ -12,6 +12,9 @@ ESP-in-UDP (RFC 3948) shares port 4500 with IKE. Two ways to wire it, pick one:
   (non-ESP marker, keepalives), exactly as the datagram arrived.
 Either way the daemon calls `bypass_socket(sock)` on every IKE socket (500 and 4500) so that IKE and
 ESP to a peer never enter that same peer's tunnel (host-to-host tunnels).
+A plane whose kernel decapsulates ESP-in-UDP (xfrm) also offers `decap_udp_socket(sock)`: the daemon
+calls it on every port-4500 socket it keeps reading itself (wildcard binds), else that ESP never
+reaches the kernel's SAs.
 """
 
 from __future__ import annotations

@@ -5,7 +5,8 @@ two SAs (in, out) and, per pair of selector blocks, an out policy and in + fwd p
 names the SA by outer addresses and reqid. Selector ranges become CIDR blocks (XFRM selectors are
 prefixes); port ranges become port/mask blocks.
 
-Kernel ESP-in-UDP needs the port-4500 socket to carry UDP_ENCAP_ESPINUDP (`attach_udp_socket`), and
+Kernel ESP-in-UDP needs every port-4500 socket to carry UDP_ENCAP_ESPINUDP (`attach_udp_socket`, or
+`decap_udp_socket` for the wildcard sockets the daemon keeps reading), and
 IKE sockets need a per-socket bypass policy (`bypass_socket`) so that a host-to-host tunnel does not
 swallow its own IKE packets.
 """
@@ -503,12 +504,18 @@ class XfrmDataPlane:
             except OSError as e:
                 raise DataPlaneError(f"cannot set an IPsec bypass policy on the IKE socket: {e.strerror}") from e
 
-    def attach_udp_socket(self, sock: socket.socket, on_ike: IkeHandler) -> None:
-        """Let the kernel decapsulate ESP-in-UDP arriving on `sock`; everything else goes to on_ike."""
+    def decap_udp_socket(self, sock: socket.socket) -> None:
+        """Let the kernel take ESP-in-UDP arriving on a port-4500 socket that the daemon goes on
+        reading (wildcard binds): the kernel decapsulates what has a non-zero SPI and eats NAT
+        keepalives; IKE behind the non-ESP marker still reaches the socket, marker included."""
         try:
             sock.setsockopt(socket.IPPROTO_UDP, UDP_ENCAP, UDP_ENCAP_ESPINUDP)
         except OSError as e:
             raise DataPlaneError(f"cannot enable ESP-in-UDP decapsulation on the socket: {e.strerror}") from e
+
+    def attach_udp_socket(self, sock: socket.socket, on_ike: IkeHandler) -> None:
+        """Let the kernel decapsulate ESP-in-UDP arriving on `sock`; everything else goes to on_ike."""
+        self.decap_udp_socket(sock)
         self.bypass_socket(sock)
         sock.setblocking(False)
         self._udp.append(sock)
