@@ -23,6 +23,7 @@ from ike.policy import (
     EspProposal,
     Group,
     Identity,
+    IdType,
     IkeProposal,
     KeyManagementPolicy,
     TrafficSelector,
@@ -180,11 +181,35 @@ def test_validation_refuses_bad_policies(store: Store) -> None:
         (Definitions(km_policies=[replace(KM, auth=AuthMethod.RSA)], phase1=[p1("t")]), "authenticates with rsa"),
         (Definitions(psks=[PresharedKey(Identity.parse("198.18.0.2"), b"")]), "the key is empty"),
         (Definitions(groups=[Group("g", ())]), "at least one member"),
+        (Definitions(groups=[Group("g", ("198.18.0.2", "not an id !!"))]), "'not an id !!' is not a remote ID"),
+        (Definitions(groups=[Group("g", ("198.18.0.300",))]), "'198.18.0.300' is not an IP address"),
+        (
+            Definitions(km_policies=[KM], phase1=[replace(p1("t"), remote_id=Identity(IdType.FQDN, "bad name!"))]),
+            "remote identity: FQDN identity 'bad name!' is not a host name",
+        ),
+        (
+            Definitions(psks=[PresharedKey(Identity(IdType.DN, "CN=x,,O=y"), b"k")]),
+            "is not a distinguished name",
+        ),
     ]
     for defs, why in cases:
         with pytest.raises(StoreError, match=why):
             store.put(defs)
     assert store.definitions() == Definitions()
+    # What is right passes: members as remid= takes them, identities of every type.
+    good = [
+        "198.18.0.2",
+        "2001:db8::7",
+        "198.19.0.0/24",
+        "198.19.0.1-198.19.0.9",
+        "gw3.example",
+        "gw3.example.",
+        "alice@example.org",
+        "CN=gw,O=Example",
+        "C=US, O=Example, CN=gw",
+    ]
+    store.put(Definitions(groups=[Group("g", tuple(good))]))
+    store.put(Definitions(psks=[PresharedKey(Identity(IdType.KEY_ID, "0x00ff"), b"k")]))
 
 
 def test_remove_refuses_phase1_with_dependants_and_says_what_to_do(store: Store) -> None:

@@ -53,7 +53,7 @@ FULL = """<?xml version="1.0"?>
   <IKETunnel IKE_TunnelName="dn6" IKE_ProtectionRef="v2-rsa" IKE_LocalAddress="2001:db8:0:0::1"
       IKE_RemoteAddress="2001:db8::2" IKE_CertificateFile="/etc/ike/host.pem" IKE_PrivateKeyFile="/etc/ike/host.key"
       IKE_CAFile="/etc/ike/ca.pem">
-    <IKELocalIdentity><X500DN Value="CN=a,O=Example, Inc."/></IKELocalIdentity>
+    <IKELocalIdentity><X500DN Value="CN=a,O=Example\\, Inc."/></IKELocalIdentity>
     <IKERemoteIdentity><IPV6_Address Value="2001:DB8::2"/></IKERemoteIdentity>
   </IKETunnel>
   <IPSecTunnel IPSec_TunnelName="ports" IKE_TunnelName="user" IPSec_ProtectionRef="ah-only" IPSec_TunnelNumber="9">
@@ -280,6 +280,56 @@ BAD = [
         "already in the database; use -F",
     ),
     ("<AIX_VPN>\n<IKEGroup IKE_GroupName='g'/></AIX_VPN>", 2, "at least one member"),
+    # Identities are parsed as what their type says they are; group members as remote IDs.
+    (
+        "<AIX_VPN>\n<IKEGroup IKE_GroupName='g'>\n<IKEGroupMember Value='198.18.0.2'/>\n"
+        "<IKEGroupMember Value='not an id !!'/></IKEGroup></AIX_VPN>",
+        4,
+        "<IKEGroupMember> 'not an id !!' is not a remote ID",
+    ),
+    (
+        "<AIX_VPN>\n<IKEGroup IKE_GroupName='g'>\n<IKEGroupMember Value='198.18.0.300'/></IKEGroup></AIX_VPN>",
+        3,
+        "'198.18.0.300' is not an IP address",
+    ),
+    (
+        "<AIX_VPN>\n<IKETunnel IKE_TunnelName='t' IKE_ProtectionRef='ikev2-aes256-sha256' "
+        "IKE_RemoteAddress='198.18.0.9'><IKELocalIdentity><IPV4_Address Value='198.18.0.1'/></IKELocalIdentity>\n"
+        "<IKERemoteIdentity><FQDN Value='bad name!'/></IKERemoteIdentity></IKETunnel></AIX_VPN>",
+        3,
+        "<FQDN> FQDN identity 'bad name!' is not a host name",
+    ),
+    (
+        "<AIX_VPN>\n<IKEPresharedKey Value='k'>\n<PK_Identity><FQDN Value='198.18.0.300'/></PK_Identity>"
+        "</IKEPresharedKey></AIX_VPN>",
+        3,
+        "FQDN identity '198.18.0.300' is not a host name",
+    ),
+    (
+        "<AIX_VPN>\n<IKEPresharedKey Value='k'>\n<PK_Identity><User_FQDN Value='al ice@a.example'/></PK_Identity>"
+        "</IKEPresharedKey></AIX_VPN>",
+        3,
+        "user FQDN identity 'al ice@a.example'",
+    ),
+    (
+        "<AIX_VPN>\n<IKEPresharedKey Value='k'>\n<PK_Identity><X500DN Value='CN=a,O=Example, Inc.'/></PK_Identity>"
+        "</IKEPresharedKey></AIX_VPN>",
+        3,
+        "is not a distinguished name",
+    ),
+    (
+        "<AIX_VPN>\n<IKEPresharedKey Value='k'>\n<PK_Identity><KEY_ID Value='0xnothex'/></PK_Identity>"
+        "</IKEPresharedKey></AIX_VPN>",
+        3,
+        "not hexadecimal after 0x",
+    ),
+    (
+        "<AIX_VPN>\n<IKETunnel IKE_TunnelName='t' IKE_ProtectionRef='ikev2-aes256-sha256' "
+        "IKE_RemoteAddress='198.18.0.300'><IKELocalIdentity><IPV4_Address Value='198.18.0.1'/></IKELocalIdentity>"
+        "<IKERemoteIdentity><FQDN Value='b.example'/></IKERemoteIdentity></IKETunnel></AIX_VPN>",
+        2,
+        "remote address: '198.18.0.300' is neither an IP address nor a host name",
+    ),
     ("<AIX_VPN>\n<IKEProtection IKE_ProtectionName='p'>text</IKEProtection></AIX_VPN>", 2, "unexpected text"),
     ("<AIX_VPN/>", 0, "no entries"),
 ]

@@ -1,6 +1,8 @@
 """Checks on definitions before they are written: everything that can be said without the database.
 
-Imports the transforms table (no crypto); only the write path uses this module.
+Imports the transforms table; only the write path uses this module. X.500 DNs are parsed with the
+engines' own parser (ike.proto.identity, which needs `cryptography`), imported only when a DN is
+checked, so that every identity stored is one the engines can put on the wire.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ import ipaddress
 import re
 
 from ike.db.model import DM_POLICY, GROUP, KM_POLICY, PHASE1, PHASE2, PSK, Definitions
-from ike.policy import AuthMethod, DataManagementPolicy, IdType, PolicyError
+from ike.policy import AuthMethod, DataManagementPolicy, Identity, IdType, PolicyError, TrafficSelector
 from ike.proto import transforms
 
 Problems = list[tuple[tuple[str, str], str]]
@@ -51,15 +53,93 @@ def check_phase2_against_phase1(p: DataManagementPolicy, ike_version: int) -> st
     return f"with IPSecProtection {p.name!r} under an IKEv{ike_version} tunnel: {msg}" if msg else None
 
 
+def is_host_name(text: str) -> bool:
+    """RFC 1123 host name syntax; an all-digit last label is not one (RFC 3696 §2), so that a
+    mistyped address such as 198.18.0.300 is not taken for a name."""
+    if not HOST_RE.fullmatch(text):
+        return False
+    return not text.rstrip(".").rsplit(".", 1)[-1].isdigit()
+
+
 def _addr_or_host(text: str) -> str | None:
     try:
         ipaddress.ip_address(text)
         return None
     except ValueError:
         pass
-    if HOST_RE.fullmatch(text):
+    if is_host_name(text):
         return None
     return f"{text!r} is neither an IP address nor a host name"
+
+
+# RFC 5322 dot-atom characters: what a user part of user@domain may hold.
+USER_RE = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*")
+
+
+def identity_problem(ident: Identity) -> str | None:
+    """What is wrong with `ident` as an identity of its type, or None."""
+    try:
+        ident.check()
+    except PolicyError as e:
+        return str(e)
+    v = ident.value
+    if not v or v != v.strip():
+        return f"{ident.type.label} identity {v!r} is empty or has spaces around it"
+    if ident.type is IdType.FQDN and not is_host_name(v):
+        return (
+            f"FQDN identity {v!r} is not a host name: labels of letters, digits and hyphens "
+            "separated by dots, the last one not all digits (e.g. gw1.example.com)"
+        )
+    if ident.type is IdType.USER_FQDN:
+        user, _, domain = v.rpartition("@")
+        if not USER_RE.fullmatch(user) or not (is_host_name(domain) or _is_ip(domain)):
+            return f"user FQDN identity {v!r} is not of the form user@host.domain (e.g. alice@example.org)"
+    if ident.type is IdType.DN:
+        from ike.proto.identity import IdentityError, parse_dn
+
+        try:
+            parse_dn(v)
+        except IdentityError as e:
+            return str(e).rstrip(": ")
+    if ident.type is IdType.KEY_ID:
+        if not v.isprintable():
+            return f"key id {v!r} has control characters"
+        if v.lower().startswith("0x"):
+            try:
+                bytes.fromhex(v[2:])
+            except ValueError:
+                return f"key id {v!r} is not hexadecimal after 0x (an even number of 0-9, a-f)"
+    return None
+
+
+def member_problem(text: str) -> str | None:
+    """A group member is a remote ID as `remid=` takes it: a phase 2 ID (address, subnet, range)
+    or a phase 1 ID, whose type is guessed as ike.policy.Identity.parse does."""
+    try:
+        TrafficSelector.parse(text)
+        return None
+    except PolicyError:
+        pass
+    if re.fullmatch(r"[0-9.]+", text):
+        return f"{text!r} is not an IP address (four numbers 0-255, e.g. 198.18.0.3)"
+    try:
+        why = identity_problem(Identity.parse(text))
+    except PolicyError as e:
+        why = str(e)
+    if why is None:
+        return None
+    return (
+        f"{text!r} is not a remote ID: {why}; a member is an address, subnet (a/len), range (a-b), "
+        "host name, user@host or DN"
+    )
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def check_definitions(defs: Definitions) -> Problems:
@@ -128,10 +208,8 @@ def check_definitions(defs: Definitions) -> Problems:
 
     for t1 in defs.phase1:
         for what, ident in (("local", t1.local_id), ("remote", t1.remote_id)):
-            try:
-                ident.check()
-            except PolicyError as e:
-                bad(PHASE1, t1.name, f"{what} identity: {e}")
+            if (msg := identity_problem(ident)) is not None:
+                bad(PHASE1, t1.name, f"{what} identity: {msg}")
         if t1.local_addr:
             try:
                 ipaddress.ip_address(t1.local_addr)
@@ -169,14 +247,15 @@ def check_definitions(defs: Definitions) -> Problems:
             bad(GROUP, g.name, "a group needs at least one member")
         if len(set(g.members)) != len(g.members):
             bad(GROUP, g.name, "a member is listed twice")
+        for m in g.members:
+            if (msg := member_problem(m)) is not None:
+                bad(GROUP, g.name, f"member {msg}")
 
     seen_ids: set[tuple[IdType, str]] = set()
     for k in defs.psks:
         label = f"{k.identity.type.label}:{k.identity.value}"
-        try:
-            k.identity.check()
-        except PolicyError as e:
-            bad(PSK, label, str(e))
+        if (msg := identity_problem(k.identity)) is not None:
+            bad(PSK, label, msg)
         if not k.key:
             bad(PSK, label, "the key is empty")
         key = (k.identity.type, k.identity.value)

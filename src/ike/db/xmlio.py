@@ -27,7 +27,7 @@ from ike.db.model import (
     Phase2Spec,
     PresharedKey,
 )
-from ike.db.validate import AH_ENCR
+from ike.db.validate import AH_ENCR, identity_problem, member_problem
 from ike.policy import (
     AuthMethod,
     DataManagementPolicy,
@@ -340,10 +340,8 @@ class _Reader:
         if a is None:
             return None
         ident = Identity(ID_TAGS[node.tag], a["Value"].strip())
-        try:
-            ident.check()
-        except PolicyError as e:
-            self.bad(node, str(e))
+        if (msg := identity_problem(ident)) is not None:
+            self.bad(node, msg)
             return None
         if ident.type in (IdType.IPV4, IdType.IPV6):
             ident = Identity(ident.type, str(ipaddress.ip_address(ident.value)))
@@ -514,8 +512,12 @@ class _Reader:
         for m in node.children:
             if m.tag == "IKEGroupMember":
                 ma = self.attrs(m, ("Value",), ())
-                if ma is not None:
-                    members.append(ma["Value"].strip())
+                if ma is None:
+                    continue
+                member = ma["Value"].strip()
+                if (msg := member_problem(member)) is not None:
+                    self.bad(m, msg)
+                members.append(member)
         return Group(a["IKE_GroupName"], tuple(members))
 
     def psk(self, node: Node) -> PresharedKey | None:
