@@ -63,6 +63,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--retransmit-tries", type=int, default=5, help="retransmissions before a peer counts as unreachable"
     )
+    p.add_argument(
+        "--cookie-threshold",
+        type=int,
+        default=50,
+        help="half-open IKEv2 SAs before new initiators must return a COOKIE (RFC 7296 2.6); 0: always",
+    )
     ns = p.parse_args(argv)
     if ns.listen:
         ns.listen = [a.strip() for item in ns.listen for a in item.split(",") if a.strip()]
@@ -75,6 +81,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--retransmit-timeout must be between 0.05 and 60 seconds")
     if not 0 <= ns.retransmit_tries <= 20:
         p.error("--retransmit-tries must be between 0 and 20")
+    if not 0 <= ns.cookie_threshold <= 1_000_000:
+        p.error("--cookie-threshold must be between 0 and 1000000 half-open SAs")
     return ns
 
 
@@ -86,12 +94,19 @@ def make_dataplane(kind: str) -> DataPlane | None:
     return backend  # type: ignore[no-any-return]
 
 
+def engine_settings(ns: argparse.Namespace) -> EngineSettings:
+    """What the command line sets of the engines' settings."""
+    return EngineSettings(
+        retransmit_timeout_s=ns.retransmit_timeout,
+        retransmit_tries=ns.retransmit_tries,
+        half_open_cookie_threshold=ns.cookie_threshold,
+    )
+
+
 def make_engine_factory(policies: IndexedPolicies, ns: argparse.Namespace) -> EngineFactory:
     from ike.daemon.engines import RealEngines
-    from ike.proto.api import EngineSettings
 
-    settings = EngineSettings(retransmit_timeout_s=ns.retransmit_timeout, retransmit_tries=ns.retransmit_tries)
-    engines = RealEngines(policies, settings)
+    engines = RealEngines(policies, engine_settings(ns))
     engines.preload()
     factory: EngineFactory = engines
     return factory
