@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Installs what the tests and the demo need: Debian packages (strongSwan as the interop peer, ping,
-# tcpdump, iperf3, iproute2) and the project itself with its test extras. Safe to run again: apt is only
+# tcpdump, iperf3, iproute2, strace for the XFRM message tests, unshare) and the project itself with
+# its test extras. Every program a test asks for with require_tools() must have its package here
+# (tests/netns/test_install_deps.py checks). Safe to run again: apt is only
 # touched when a package is missing, and no strongSwan service is left running in the root namespace.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(strongswan-charon strongswan-swanctl libcharon-extra-plugins libstrongswan-extra-plugins
-              libstrongswan-standard-plugins iperf3 iputils-ping tcpdump iproute2 procps nftables)
+              libstrongswan-standard-plugins iperf3 iputils-ping tcpdump iproute2 procps nftables strace
+              util-linux)
 PYTHON="${PYTHON:-python3}"
 
 log() { printf '== %s\n' "$*"; }
