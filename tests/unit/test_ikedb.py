@@ -176,6 +176,25 @@ def test_aix_flag_spelling(db: Path, tmp_path: Path, capsys: pytest.CaptureFixtu
 BAD = [
     ("<AIX_VPN>\n<IKEProtection", 2, "not well-formed XML"),
     ('<!DOCTYPE x [<!ENTITY a "b">]>\n<AIX_VPN/>', 1, "DOCTYPE"),
+    (
+        '<?xml version="1.0"?>\n<!DOCTYPE AIX_VPN [\n<!ENTITY a "aaaaaaaaaa">\n<!ENTITY b "&a;&a;&a;&a;&a;&a;">\n'
+        ']>\n<AIX_VPN><IKEGroup IKE_GroupName="&b;"/></AIX_VPN>',
+        2,
+        "internal subset",
+    ),
+    (
+        '<!DOCTYPE AIX_VPN SYSTEM "ike.dtd" []>\n<AIX_VPN/>',
+        1,
+        "internal subset",
+    ),
+    # An external DTD is ignored, so it declares nothing: an entity reference is still an error, not
+    # silently an empty value.
+    (
+        '<!DOCTYPE AIX_VPN SYSTEM "ike.dtd">\n<AIX_VPN>\n<IKEGroup IKE_GroupName="g">'
+        '<IKEGroupMember Value="&peer;"/></IKEGroup></AIX_VPN>',
+        3,
+        "undefined entity",
+    ),
     ("<VPN/>", 1, "document element must be <AIX_VPN>"),
     ("<AIX_VPN>\n\n<Bogus/></AIX_VPN>", 3, "<Bogus> is not an ikedb element"),
     (
@@ -605,3 +624,21 @@ def test_swapped_export_of_a_peer_known_by_host_name_imports_at_the_peer(
     assert put(tmp_path, HOSTNAME_PEER, "-s") == 0, capsys.readouterr().err
     with Store(tmp_path / "c" / "ike.db") as s:
         assert [(t.local_addr, t.remote_addr) for t in s.phase1_tunnels()] == [("", "198.18.0.1")]
+
+
+def test_an_external_doctype_is_ignored(db: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # The AIX ikedb page: a DOCTYPE naming an external DTD is accepted and ignored (nothing is fetched).
+    xml = (EXAMPLES / "host-to-host-psk.xml").read_text()
+    head, sep, rest = xml.partition("<AIX_VPN")
+    for doctype in (
+        '<!DOCTYPE AIX_VPN SYSTEM "ike.dtd">\n',
+        '<!DOCTYPE AIX_VPN\n   PUBLIC "-//IBM//DTD AIX VPN//EN"\n   "http://198.18.0.1/ike.dtd" >\n',
+    ):
+        assert put(tmp_path, head + doctype + sep + rest, "-F") == 0, capsys.readouterr().err
+    with Store(db) as s:
+        assert [t.name for t in s.phase1_tunnels()] == ["a-to-b"]
+    # Lines after a DOCTYPE of several lines are still counted right.
+    bad = '<!DOCTYPE AIX_VPN\n SYSTEM\n "ike.dtd">\n<AIX_VPN>\n<Bogus/></AIX_VPN>'
+    capsys.readouterr()
+    assert put(tmp_path, bad) == 1
+    assert "in.xml:5: <Bogus> is not an ikedb element" in capsys.readouterr().err

@@ -1,8 +1,8 @@
 """The ikedb XML format (docs/database.md): read a whole file into Definitions, write Definitions back.
 
 Reading collects every problem with its line before anything touches the database. The parser is
-expat with DOCTYPE and entity declarations refused, so a file cannot expand entities or fetch
-anything (and AIX, too, ignores or refuses DOCTYPEs).
+expat, which fetches nothing. A DOCTYPE that only names an external DTD is ignored, as AIX's ikedb
+does; one with an internal subset is refused, so a file cannot declare and expand entities.
 """
 
 from __future__ import annotations
@@ -63,7 +63,54 @@ class Node:
     children: list[Node] = field(default_factory=list)
 
 
+class _PrologDone(Exception):
+    pass
+
+
+def _without_external_doctype(data: bytes, filename: str) -> bytes:
+    """`data` with an external-only DOCTYPE blanked out (newlines kept, so line numbers stay).
+
+    Ignoring it by parsing around it would not do: with an external subset declared, XML makes
+    undeclared entities legal and expat silently drops `&name;` from attribute values. Without the
+    DOCTYPE every such reference is the error it is here (nothing declares entities)."""
+    parser = expat.ParserCreate()
+    found: list[tuple[int, int]] = []
+
+    def doctype(name: str, system_id: str | None, public_id: str | None, internal: int) -> None:
+        if internal:
+            raise XmlError(
+                filename,
+                [
+                    (
+                        parser.CurrentLineNumber,
+                        "a DOCTYPE with an internal subset ([...]) is not accepted: entity declarations "
+                        "are not needed here and could expand without limit; remove the [...] part "
+                        "(a DOCTYPE naming an external DTD is ignored)",
+                    )
+                ],
+            )
+        # Called at the DOCTYPE's closing '>'; nothing but the DOCTYPE's own literals lies between.
+        end = parser.CurrentByteIndex
+        found.append((data.rfind(b"<!DOCTYPE", 0, end), end + 1))
+
+    def element(*_: object) -> None:
+        raise _PrologDone
+
+    parser.StartDoctypeDeclHandler = doctype
+    parser.StartElementHandler = element
+    try:
+        parser.Parse(data, True)
+    except (_PrologDone, expat.ExpatError):
+        pass  # the real parse reports any error, with its line
+    if not found or found[0][0] < 0:
+        return data
+    start, end = found[0]
+    blank = bytes(b if b in b"\r\n" else 0x20 for b in data[start:end])
+    return data[:start] + blank + data[end:]
+
+
 def parse_tree(data: bytes, filename: str) -> Node:
+    data = _without_external_doctype(data, filename)
     parser = expat.ParserCreate()
     root: list[Node] = []
     stack: list[Node] = []
@@ -84,7 +131,8 @@ def parse_tree(data: bytes, filename: str) -> Node:
             )
 
     def doctype(*_: object) -> None:
-        raise XmlError(filename, [(parser.CurrentLineNumber, "DOCTYPE declarations are not accepted; remove it")])
+        # Only reached when the DOCTYPE could not be blanked out (e.g. not in an 8-bit encoding).
+        raise XmlError(filename, [(parser.CurrentLineNumber, "this DOCTYPE declaration cannot be ignored; remove it")])
 
     parser.StartElementHandler = start
     parser.EndElementHandler = end
