@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 import shutil
 import subprocess
 import sys
@@ -105,7 +106,9 @@ def snapshot(path: Path) -> Definitions:
 def test_examples_import(db: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     ex = tmp_path / "examples"
     shutil.copytree(EXAMPLES, ex, ignore=shutil.ignore_patterns("*.pem", "*.key"))
-    subprocess.run(["sh", str(ex / "make-certs.sh")], check=True, capture_output=True)
+    # The interpreter running the tests has ike installed; python3 on PATH need not.
+    env = {**os.environ, "PYTHON": sys.executable}
+    subprocess.run(["sh", str(ex / "make-certs.sh")], check=True, capture_output=True, env=env)
     files = sorted(ex.glob("*.xml"))
     assert len(files) >= 4
     for f in files:
