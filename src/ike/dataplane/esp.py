@@ -93,12 +93,30 @@ class Lifetime:
     hard_s: float = 0.0
 
     @classmethod
-    def from_negotiated(cls, lifetime_s: int, lifetime_kb: int, soft_fraction: float = 0.9) -> Lifetime:
-        """Soft at `soft_fraction` of each negotiated limit, hard at the limit itself."""
+    def from_negotiated(
+        cls,
+        lifetime_s: int,
+        lifetime_kb: int,
+        soft_fraction: float = 0.9,
+        *,
+        esn: bool = False,
+        seq_space: int | None = None,
+    ) -> Lifetime:
+        """Soft at `soft_fraction` of each negotiated limit, hard at the limit itself.
+
+        Packets are always limited: an SA must not cycle its sequence number (RFC 4303 §3.3.3), so
+        the hard packet limit is the sequence space (2^32 - 1 packets without ESN, 2^64 - 1 with)
+        and the soft one asks for the rekey at `soft_fraction` of it, well before traffic would
+        stop. `seq_space` replaces the space (tests)."""
         hard_b = lifetime_kb * 1024
+        hard_p = seq_space if seq_space is not None else _SEQ64_MAX if esn else _SEQ32_MAX
+        # int(hard_p * soft_fraction) in exact arithmetic: a float loses the low bits of 2^64
+        soft_p = hard_p * round(soft_fraction * 1000) // 1000
         return cls(
             soft_bytes=int(hard_b * soft_fraction),
             hard_bytes=hard_b,
+            soft_packets=min(max(soft_p, 1), hard_p - 1) if hard_p > 1 else 0,
+            hard_packets=hard_p,
             soft_s=lifetime_s * soft_fraction if lifetime_s else 0.0,
             hard_s=float(lifetime_s),
         )

@@ -354,7 +354,7 @@ class UserspaceDataPlane:
             raise DataPlaneError(f"child SA {cid}: inbound SPI {in_spi:#010x} is already in use")
         p = child.proposal
         now = self._loop.time()
-        lifetime = Lifetime.from_negotiated(child.lifetime_s, child.lifetime_kb, self.soft_fraction)
+        lifetime = Lifetime.from_negotiated(child.lifetime_s, child.lifetime_kb, self.soft_fraction, esn=p.esn)
         try:
             out_sa = EspSa(
                 child.outbound.spi,

@@ -24,6 +24,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 from ike.dataplane.base import AcquireCallback, ChildCounters, DataPlaneError, ExpiryCallback, IkeHandler, UdpSender
+from ike.dataplane.esp import Lifetime
 from ike.policy import TrafficSelector
 from ike.proto.api import Address, ChildSaEstablished
 from ike.proto.transforms import ENCR, INTEG
@@ -134,9 +135,25 @@ def parse_attrs(data: bytes) -> dict[int, bytes]:
     return out
 
 
-def lifetime_cfg(soft_bytes: int = 0, hard_bytes: int = 0, soft_s: int = 0, hard_s: int = 0) -> bytes:
+def lifetime_cfg(
+    soft_bytes: int = 0,
+    hard_bytes: int = 0,
+    soft_s: int = 0,
+    hard_s: int = 0,
+    soft_packets: int = 0,
+    hard_packets: int = 0,
+) -> bytes:
     # soft_byte, hard_byte, soft_packet, hard_packet, soft_add_expires_seconds, hard_add, soft_use, hard_use
-    return _LIFETIME_CFG.pack(soft_bytes or XFRM_INF, hard_bytes or XFRM_INF, XFRM_INF, XFRM_INF, soft_s, hard_s, 0, 0)
+    return _LIFETIME_CFG.pack(
+        soft_bytes or XFRM_INF,
+        hard_bytes or XFRM_INF,
+        min(soft_packets, XFRM_INF) or XFRM_INF,
+        min(hard_packets, XFRM_INF) or XFRM_INF,
+        soft_s,
+        hard_s,
+        0,
+        0,
+    )
 
 
 def selector(
@@ -186,6 +203,8 @@ class SaSpec:
     hard_bytes: int = 0
     soft_s: int = 0
     hard_s: int = 0
+    soft_packets: int = 0
+    hard_packets: int = 0
 
 
 def newsa_msg(sa: SaSpec, seq: int = 0) -> bytes:
@@ -203,7 +222,7 @@ def newsa_msg(sa: SaSpec, seq: int = 0) -> bytes:
         selector(0),  # any inner family (with XFRM_STATE_AF_UNSPEC): policies decide what enters
         _ID.pack(daddr, sa.spi, IPPROTO_ESP),
         saddr,
-        lifetime_cfg(sa.soft_bytes, sa.hard_bytes, sa.soft_s, sa.hard_s),
+        lifetime_cfg(sa.soft_bytes, sa.hard_bytes, sa.soft_s, sa.hard_s, sa.soft_packets, sa.hard_packets),
         bytes(32),
         bytes(12),
         0,
@@ -540,7 +559,8 @@ class XfrmDataPlane:
         p = child.proposal
         encap_in = (child.remote[1], child.local[1]) if child.udp_encap else None
         encap_out = (child.local[1], child.remote[1]) if child.udp_encap else None
-        hard_b = child.lifetime_kb * 1024
+        # The kernel sends no soft expire before sequence number exhaustion: the packet limits do.
+        lt = Lifetime.from_negotiated(child.lifetime_s, child.lifetime_kb, self.soft_fraction, esn=p.esn)
         common = {
             "encr": p.encr,
             "keylen": p.encr_keylen,
@@ -548,10 +568,12 @@ class XfrmDataPlane:
             "reqid": reqid,
             "esn": p.esn,
             "replay_window": self.replay_window,
-            "soft_bytes": int(hard_b * self.soft_fraction),
-            "hard_bytes": hard_b,
-            "soft_s": int(child.lifetime_s * self.soft_fraction),
+            "soft_bytes": lt.soft_bytes,
+            "hard_bytes": lt.hard_bytes,
+            "soft_s": int(lt.soft_s),
             "hard_s": child.lifetime_s,
+            "soft_packets": lt.soft_packets,
+            "hard_packets": lt.hard_packets,
         }
         inn = SaSpec(
             child.remote[0],

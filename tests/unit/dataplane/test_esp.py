@@ -286,6 +286,35 @@ def test_lifetime_from_negotiated() -> None:
     assert lt.hard_bytes == 1024000 and lt.soft_bytes == 921600 and lt.hard_s == 3600 and lt.soft_s == 3240
 
 
+@pytest.mark.parametrize(("esn", "space"), [(False, 2**32 - 1), (True, 2**64 - 1)], ids=["32-bit", "esn"])
+def test_negotiated_lifetime_limits_packets_to_the_sequence_space(esn: bool, space: int) -> None:
+    # No negotiated packet limit: the sequence space is the hard one, the rekey comes well before it.
+    lt = Lifetime.from_negotiated(3600, 0, esn=esn)
+    assert lt.hard_packets == space
+    assert space * 0.85 < lt.soft_packets < space * 0.95 and lt.soft_packets == space * 9 // 10
+    assert (lt.hard_bytes, lt.soft_bytes) == (0, 0)  # no KB lifetime: bytes stay unlimited
+
+
+def test_sequence_exhaustion_is_announced_by_a_soft_limit_first() -> None:
+    # A sequence space of 20 stands in for 2^32 - 1: soft at packet 18, hard at 20, then nothing.
+    hits: list[tuple[str, int]] = []
+    lt = Lifetime.from_negotiated(3600, 0, seq_space=20)
+    assert (lt.soft_packets, lt.hard_packets) == (18, 20)
+    out, inn = pair("aes-gcm-16", 128, None, lifetime=lt)
+    out.on_limit = lambda kind: hits.append((kind, out.packets))
+    pkt = inner4()
+    for _ in range(20):
+        assert inn.decapsulate(out.encapsulate(pkt, 4))[1] == pkt
+    assert hits == [("soft", 18), ("hard", 20)]
+    with pytest.raises(SaExpiredError):
+        out.encapsulate(pkt, 4)
+
+
+def test_sequence_space_floor_keeps_soft_below_hard() -> None:
+    lt = Lifetime.from_negotiated(0, 0, seq_space=2)
+    assert (lt.soft_packets, lt.hard_packets) == (1, 2)
+
+
 @pytest.mark.parametrize(
     ("args", "msg"),
     [

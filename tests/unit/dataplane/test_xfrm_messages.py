@@ -169,3 +169,20 @@ def test_range_selector_becomes_cidr_blocks_and_three_directions() -> None:
     outs = sorted((s.sel[42], s.priority) for s in specs if s.direction == XFRM_POLICY_OUT)
     assert [p for p, _ in outs] == [31, 31, 32, 32]
     assert outs[0][1] > outs[-1][1]  # more specific = numerically lower = earlier
+
+
+@pytest.mark.parametrize(("esn", "space"), [(False, 2**32 - 1), (True, 2**64 - 1)], ids=["32-bit", "esn"])
+def test_kernel_sas_get_a_soft_packet_limit_before_sequence_exhaustion(esn: bool, space: int) -> None:
+    # The kernel stops sending at sequence exhaustion without any expire message first; a soft
+    # packet limit makes it send one (and iked rekey) well before. Bytes and seconds as negotiated.
+    from ike.dataplane.manual import build_child, parser
+
+    args = ["--local", A, "--remote", B, "--local-ts", "198.19.1.0/24", "--remote-ts", "198.19.2.0/24"]
+    args += ["--spi-in", "1001", "--spi-out", "1002", "--key-in", "00" * 20, "--key-out", "00" * 20]
+    args += ["--lifetime-s", "100", "--lifetime-kb", "1000"] + (["--esn"] if esn else [])
+    for sa in XfrmDataPlane().sa_specs(build_child(parser().parse_args(args)), reqid=1):
+        assert (sa.hard_packets, sa.soft_packets) == (space, space * 9 // 10)
+        info = split(newsa_msg(sa))[2][:224]
+        soft_b, hard_b, soft_p, hard_p, soft_s, hard_s = struct.unpack_from("=8Q", info, 96)[:6]
+        assert (soft_b, hard_b, soft_s, hard_s) == (921600, 1024000, 90, 100)
+        assert (soft_p, hard_p) == (space * 9 // 10, space)
