@@ -1,6 +1,12 @@
-"""Known-answer tests for ike.proto.crypto: HMAC (RFC 4231), prf+ (RFC 7296 §2.13, computed
-independently here), AES-CBC (NIST SP 800-38A), AES-GCM (McGrew-Viega test case 4, as in RFC 4106
-use), ChaCha20-Poly1305 (RFC 7539 §2.8.2), the MODP primes (RFC 3526) and DH peer-value checks."""
+"""Known-answer tests for ike.proto.crypto, every value published: HMAC (RFC 4231, RFC 2202), prf+
+(RFC 7296 §2.13, computed independently here; the published CAVP IKEv2 vectors are in
+tests/unit/v2/test_keys.py), AES-CBC 128/192/256 (NIST SP 800-38A F.2.1/F.2.3/F.2.5), AES-GCM
+128/192/256 (the GCM specification's test cases 4, 10 and 16, McGrew-Viega, also in SP 800-38D
+validation), ChaCha20-Poly1305 (RFC 8439 §2.8.2), 3DES-CBC (NIST TDES MMT samples), the MODP primes
+(RFC 3526) and DH peer-value checks.
+
+AEAD keys are cipher key | 4-byte salt and the 8-byte IKE/ESP IV completes the 12-byte nonce
+(RFC 4106 §4, RFC 7634 §2): a published 12-byte nonce is split as salt (4) | IV (8)."""
 
 from __future__ import annotations
 
@@ -9,7 +15,7 @@ import hmac
 
 import pytest
 
-from ike.proto.crypto import CryptoError, DhPrivate, IkeCipher, hmac_digest, modp_prime, prf_plus
+from ike.proto.crypto import CryptoError, DhPrivate, IkeCipher, hmac_digest, integ_icv, modp_prime, prf_plus
 from ike.proto.transforms import DH
 
 # RFC 4231 test case 2: key "Jefe", data "what do ya want for nothing?"
@@ -30,6 +36,12 @@ def test_hmac_rfc2202_sha1() -> None:
     assert hmac_digest("sha1", b"Jefe", b"what do ya want for nothing?").hex() == (
         "effcdf6ae5eb2fa2d27416d5f184df9c259a7c79"
     )
+
+
+def test_hmac_rfc2202_md5() -> None:
+    # The weak hmac-md5 PRF / hmac-md5-96 integrity, used only when a definition names them.
+    assert hmac_digest("md5", b"Jefe", b"what do ya want for nothing?").hex() == "750c783e6ab0b503eaa86e310a5db738"
+    assert integ_icv("hmac-md5-96", b"Jefe", b"what do ya want for nothing?").hex() == "750c783e6ab0b503eaa86e31"
 
 
 @pytest.mark.parametrize(
@@ -58,6 +70,85 @@ def test_aes_cbc_sp800_38a() -> None:
         c256.cbc_decrypt(iv, b"short")
 
 
+# NIST SP 800-38A F.2.3 CBC-AES192.Encrypt / F.2.4 CBC-AES192.Decrypt: four blocks, IV 000102..0f.
+SP800_38A_PLAIN = bytes.fromhex(
+    "6bc1bee22e409f96e93d7e117393172aae2d8a571e03ac9c9eb76fac45af8e51"
+    "30c81c46a35ce411e5fbc1191a0a52eff69f2445df4f9b17ad2b417be66c3710"
+)
+
+
+def test_aes192_cbc_sp800_38a_f23() -> None:
+    iv = bytes.fromhex("000102030405060708090a0b0c0d0e0f")
+    c = IkeCipher("aes-cbc", bytes.fromhex("8e73b0f7da0e6452c810f32b809079e562f8ead2522c6b7b"))
+    ct = bytes.fromhex(
+        "4f021db243bc633d7178183a9fa071e8b4d9ada9ad7dedf4e5e738763f69145a"
+        "571b242012fb7ae07fa9baac3df102e008b0e27988598881d920a9e64f5615cd"
+    )
+    assert c.cbc_encrypt(iv, SP800_38A_PLAIN) == ct
+    assert c.cbc_decrypt(iv, ct) == SP800_38A_PLAIN
+
+
+# The GCM specification's test cases 10 (AES-192) and 16 (AES-256): 60-byte plaintext, 20-byte AAD,
+# 96-bit IV cafebabefacedbaddecaf888.
+GCM_PLAIN = bytes.fromhex(
+    "d9313225f88406e5a55909c5aff5269a86a7a9531534f7da2e4c303d8a318a721c3c0c95956809532fcf0e2449a6b525"
+    "b16aedf5aa0de657ba637b39"
+)
+GCM_AAD = bytes.fromhex("feedfacedeadbeeffeedfacedeadbeefabaddad2")
+GCM_CASES = {
+    "test case 10 (AES-192)": (
+        "feffe9928665731c6d6a8f9467308308feffe9928665731c",
+        "3980ca0b3c00e841eb06fac4872a2757859e1ceaa6efd984628593b40ca1e19c7d773d00c144c525ac619d18c84a3f47"
+        "18e2448b2fe324d9ccda2710",
+        "2519498e80f1478f37ba55bd6d27618c",
+    ),
+    "test case 16 (AES-256)": (
+        "feffe9928665731c6d6a8f9467308308feffe9928665731c6d6a8f9467308308",
+        "522dc1f099567d07f47f37a32a84427d643a8cdcbfe5c0c97598a2bd2555d1aa8cb08e48590dbb3da7b08b1056828838"
+        "c5f61e6393ba7a0abcc9f662",
+        "76fc6ece0f4e1768cddf8853bb2d551b",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(GCM_CASES))
+def test_aes_gcm_spec_with_aad(case: str) -> None:
+    key, ct_hex, tag_hex = GCM_CASES[case]
+    c = IkeCipher("aes-gcm-16", bytes.fromhex(key) + bytes.fromhex("cafebabe"))
+    iv = bytes.fromhex("facedbaddecaf888")
+    ct, tag = bytes.fromhex(ct_hex), bytes.fromhex(tag_hex)
+    assert c.aead_encrypt(iv, GCM_PLAIN, GCM_AAD) == ct + tag
+    assert c.aead_decrypt(iv, ct + tag, GCM_AAD) == GCM_PLAIN
+    with pytest.raises(CryptoError):
+        c.aead_decrypt(iv, ct + tag, GCM_AAD[:-1])
+
+
+# NIST TDES MMT (TCBCMMT3) examples 1 and 2, three-key 3DES-CBC (as strongSwan's test vectors carry them).
+TDES_CASES = [
+    (
+        "627f460e08104a1043cd265d5840eaf1313edf97df2a8a8c",
+        "8e29f75ea77e5475",
+        "326a494cd33fe756",
+        "b22b8d66de970692",
+    ),
+    (
+        "37ae5ebf46dff2dc0754b94f31cbb3855e7fd36dc870bfae",
+        "3d1de3cc132e3b65",
+        "84401f78fe6c10876d8ea23094ea5309",
+        "7b1f7c7e3b1c948ebd04a75ffba7d2f5",
+    ),
+]
+
+
+@pytest.mark.parametrize(("key", "iv", "plain", "cipher"), TDES_CASES, ids=["mmt-1", "mmt-2"])
+def test_3des_cbc_nist_mmt(key: str, iv: str, plain: str, cipher: str) -> None:
+    c = IkeCipher("3des-cbc", bytes.fromhex(key))
+    assert c.cbc_encrypt(bytes.fromhex(iv), bytes.fromhex(plain)).hex() == cipher
+    assert c.cbc_decrypt(bytes.fromhex(iv), bytes.fromhex(cipher)).hex() == plain
+    with pytest.raises(CryptoError):
+        c.cbc_decrypt(bytes.fromhex(iv), bytes(12))  # not a multiple of the 8-byte block
+
+
 def test_aes_gcm_test_case_4() -> None:
     # Key | 4-byte salt; the IKE/ESP 8-byte IV completes the 12-byte nonce (RFC 4106 §4).
     key = bytes.fromhex("feffe9928665731c6d6a8f9467308308") + bytes.fromhex("cafebabe")
@@ -79,7 +170,7 @@ def test_aes_gcm_test_case_4() -> None:
         c.aead_decrypt(iv, ct + bytes(16), aad)
 
 
-def test_chacha20_poly1305_rfc7539() -> None:
+def test_chacha20_poly1305_rfc8439_2_8_2() -> None:
     key = bytes(range(0x80, 0xA0)) + bytes.fromhex("07000000")
     iv = bytes.fromhex("4041424344454647")
     aad = bytes.fromhex("50515253c0c1c2c3c4c5c6c7")
@@ -95,6 +186,7 @@ def test_chacha20_poly1305_rfc7539() -> None:
     tag = bytes.fromhex("1ae10b594f09e26a7e902ecbd0600691")
     c = IkeCipher("chacha20-poly1305", key)
     assert c.aead_encrypt(iv, pt, aad) == ct + tag
+    assert c.aead_decrypt(iv, ct + tag, aad) == pt
     with pytest.raises(CryptoError):
         c.aead_decrypt(iv, ct + tag, aad + b"x")
 
