@@ -349,6 +349,23 @@ def test_byte_lifetime_soft_then_hard_stops_traffic() -> None:
             assert a.ping(b.inner4, count=2, src=a.inner4, timeout=6).returncode != 0
         assert res["a"]["expiries"] == [[1, "soft"], [1, "hard"]], res
         assert 60_000 <= res["a"]["bytes_out"] <= 66_000, res
+        assert res["a"]["kb_left"] == 0, res  # the hard limit was reached: nothing left
+
+
+def test_counters_report_kilobytes_left_of_a_kb_lifetime() -> None:
+    # 1000 KiB each way: what is left is the limit less the busier SA's inner bytes, in whole KiB;
+    # without a KB lifetime there is nothing to report.
+    with (
+        two_hosts() as (a, b),
+        tunnel(a, b, [a.inner_net4], [b.inner_net4], (a.outer4, b.outer4), extra_a=["--lifetime-kb", "1000"]) as res,
+    ):
+        assert a.ping(b.inner4, count=2, src=a.inner4).returncode == 0
+        _tcp_transfer(a, b, b.inner4, a.inner4, 200_000)
+    ra, rb = res["a"], res["b"]
+    used = max(int(ra["bytes_in"]), int(ra["bytes_out"]))  # type: ignore[call-overload]
+    assert used > 200_000, ra
+    assert ra["kb_left"] == (1000 * 1024 - used) // 1024, ra
+    assert rb["kb_left"] is None, rb
 
 
 def test_host_to_host_ike_socket_bypasses_the_tunnel() -> None:

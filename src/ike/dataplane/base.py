@@ -50,6 +50,17 @@ class ChildCounters:
     packets_out: int = 0
     dropped_in: int = 0  # failed ICV, replay, padding or selector checks
     last_used: float | None = None  # time.monotonic() of the last packet either way
+    # Whole KiB the child can still carry before its KB lifetime ends it (the hard limit), counted
+    # on whichever of its two SAs is nearer the limit (each direction has the full allowance).
+    # None: no KB lifetime. Per child SA: not to be summed across a rekey's old and new SAs.
+    kb_left: int | None = None
+
+
+def kb_left(hard_bytes: int, *used: int) -> int | None:
+    """`ChildCounters.kb_left` for SAs that have used `used` bytes of a `hard_bytes` limit each."""
+    if not hard_bytes:
+        return None
+    return max(0, hard_bytes - max(used, default=0)) // 1024
 
 
 class DataPlane(Protocol):

@@ -47,6 +47,7 @@ from ike.dataplane.base import (
     ExpiryCallback,
     IkeHandler,
     UdpSender,
+    kb_left,
 )
 from ike.dataplane.esp import NH_IPV4, NH_IPV6, EspError, EspSa, Lifetime, SaExpiredError
 from ike.dataplane.gro import PLAIN, VNET_HDR_LEN, Coalescer
@@ -586,7 +587,8 @@ class UserspaceDataPlane:
         total = o.packets + i.packets
         if total != rec.last_packets:  # traffic since the last look: it was used by now at the latest
             rec.last_packets, rec.last_used = total, time.monotonic()
-        return ChildCounters(i.bytes, o.bytes, i.packets, o.packets, rec.inn.dropped, rec.last_used)
+        left = kb_left(o.lifetime.hard_bytes, o.bytes, i.bytes)  # both count inner bytes, as the limit does
+        return ChildCounters(i.bytes, o.bytes, i.packets, o.packets, rec.inn.dropped, rec.last_used, left)
 
     def _arm_timer(self, rec: _Child, sa: EspSa) -> None:
         assert self._loop is not None

@@ -23,7 +23,15 @@ import struct
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
-from ike.dataplane.base import AcquireCallback, ChildCounters, DataPlaneError, ExpiryCallback, IkeHandler, UdpSender
+from ike.dataplane.base import (
+    AcquireCallback,
+    ChildCounters,
+    DataPlaneError,
+    ExpiryCallback,
+    IkeHandler,
+    UdpSender,
+    kb_left,
+)
 from ike.dataplane.esp import Lifetime
 from ike.policy import TrafficSelector
 from ike.proto.api import Address, ChildSaEstablished
@@ -677,6 +685,8 @@ class XfrmDataPlane:
                         c.bytes_out, c.packets_out = nbytes, npackets
                     if use:
                         c.last_used = max(c.last_used or 0.0, float(use))  # wall-clock seconds (kernel use_time)
+        # the kernel checks its byte limit against the same curlft.bytes
+        c.kb_left = kb_left(rec.child.lifetime_kb * 1024, c.bytes_in, c.bytes_out)
         return c
 
     def _on_expire(self) -> None:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import socket
 import struct
+from typing import Any
 
 import pytest
 
 from ike.dataplane.xfrm import (
     NLM_F_ACK,
+    XFRM_MSG_GETSA,
     XFRM_MSG_NEWPOLICY,
     XFRM_MSG_NEWSA,
     XFRM_POLICY_FWD,
@@ -186,3 +188,45 @@ def test_kernel_sas_get_a_soft_packet_limit_before_sequence_exhaustion(esn: bool
         soft_b, hard_b, soft_p, hard_p, soft_s, hard_s = struct.unpack_from("=8Q", info, 96)[:6]
         assert (soft_b, hard_b, soft_s, hard_s) == (921600, 1024000, 90, 100)
         assert (soft_p, hard_p) == (space * 9 // 10, space)
+
+
+class _FakeKernel:
+    """Stands in for the netlink socket where the kernel has no ESP (this machine): accepts every
+    request and answers XFRM_MSG_GETSA with the SA as installed, its byte counter set."""
+
+    def __init__(self) -> None:
+        self.sas: dict[bytes, bytes] = {}  # spi -> xfrm_usersa_info body
+        self.used: dict[bytes, int] = {}
+
+    def request(self, build: Any, what: str) -> list[tuple[int, bytes]]:
+        msg = build(1)
+        kind, _flags, body = split(msg)
+        if kind == XFRM_MSG_NEWSA:
+            self.sas[body[72:76]] = body
+            return []
+        if kind == XFRM_MSG_GETSA:
+            spi = body[16:20]  # xfrm_usersa_id: daddr (16), spi
+            info = bytearray(self.sas[spi])
+            struct.pack_into("=4Q", info, 160, self.used.get(spi, 0), 1, 0, 0)  # curlft
+            return [(XFRM_MSG_NEWSA, bytes(info))]
+        return []
+
+    def close(self) -> None:
+        return None
+
+
+@pytest.mark.parametrize(("kb", "used", "left"), [(0, (5000, 0), None), (100, (30_000, 51_300), 49), (1, (2000, 0), 0)])
+def test_counters_report_kb_left_of_the_sa_nearer_its_limit(kb: int, used: tuple[int, int], left: int | None) -> None:
+    from ike.dataplane.manual import build_child, parser
+
+    args = ["--local", A, "--remote", B, "--local-ts", "198.19.1.0/24", "--remote-ts", "198.19.2.0/24"]
+    args += ["--spi-in", "1001", "--spi-out", "1002", "--key-in", "00" * 20, "--key-out", "00" * 20]
+    args += ["--lifetime-kb", str(kb)]
+    dp = XfrmDataPlane()
+    kernel = _FakeKernel()
+    dp._xs = kernel  # type: ignore[assignment]
+    dp.install(build_child(parser().parse_args(args)))
+    kernel.used = {b"\x00\x00\x10\x01": used[0], b"\x00\x00\x10\x02": used[1]}  # in, out
+    c = dp.counters(1)
+    assert (c.bytes_in, c.bytes_out) == used
+    assert c.kb_left == left  # 100 KiB - 51,300 bytes = 49.9 KiB: whole KiB only, never more than is left
