@@ -645,3 +645,73 @@ def test_an_external_doctype_is_ignored(db: Path, tmp_path: Path, capsys: pytest
     capsys.readouterr()
     assert put(tmp_path, bad) == 1
     assert "in.xml:5: <Bogus> is not an ikedb element" in capsys.readouterr().err
+
+
+def test_a_change_that_breaks_a_stored_tunnel_points_at_the_change(
+    db: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert ikedb.main(["put", str(EXAMPLES / "host-to-host-psk.xml")]) == 0
+    before = snapshot(db)
+    # The tunnel a-to-b is only in the database; the file switches its protection to RSA.
+    z = (
+        '<AIX_VPN>\n\n<IKEProtection IKE_ProtectionName="ikev2-aes256-sha256" IKE_AuthenticationMethod="RSA_signature">'
+        '<IKETransform IKE_Encryption="aes-gcm-16" IKE_KeyLength="128" IKE_PRF="hmac-sha2-256" IKE_DHGroup="19"/>'
+        "</IKEProtection></AIX_VPN>"
+    )
+    capsys.readouterr()
+    assert put(tmp_path, z, "-F", name="z.xml") == 1
+    err = capsys.readouterr().err
+    assert "z.xml:3: <IKEProtection> 'ikev2-aes256-sha256': " in err, err
+    assert "IKETunnel 'a-to-b' (in the database, not in this file)" in err and ":0:" not in err, err
+    # The same for a phase 2 tunnel broken by a changed IKE version.
+    dm = (
+        '<AIX_VPN>\n<IPSecProtection IPSec_ProtectionName="esp-gcm-transport">'
+        '<IPSecESPProtocol ESP_Encryption="chacha20-poly1305"/></IPSecProtection>\n'
+        '<IKEProtection IKE_ProtectionName="ikev2-aes256-sha256" IKE_Version="1">'
+        '<IKETransform IKE_Encryption="aes-cbc" IKE_KeyLength="128" IKE_PRF="hmac-sha2-256" IKE_DHGroup="19"/>'
+        "</IKEProtection></AIX_VPN>"
+    )
+    assert put(tmp_path, dm, "-F", name="z.xml") == 1
+    err = capsys.readouterr().err
+    assert "z.xml:2: <IPSecProtection> 'esp-gcm-transport': " in err, err
+    assert "IPSecTunnel 'a-to-b-hosts' (in the database, not in this file)" in err and ":0:" not in err, err
+    assert snapshot(db) == before
+
+
+def test_a_name_defined_twice_is_reported_at_the_second(tmp_path: Path) -> None:
+    text = (
+        "<AIX_VPN>\n<IKEGroup IKE_GroupName='g'><IKEGroupMember Value='198.18.0.2'/></IKEGroup>\n\n"
+        "<IKEGroup IKE_GroupName='g'><IKEGroupMember Value='198.18.0.3'/></IKEGroup>\n"
+        "<IKEPresharedKey Value='k1'><PK_Identity><FQDN Value='b.example'/></PK_Identity></IKEPresharedKey>\n"
+        "<IKEPresharedKey Value='k2'><PK_Identity><FQDN Value='b.example'/></PK_Identity></IKEPresharedKey>\n"
+        "</AIX_VPN>"
+    )
+    with pytest.raises(XmlError) as e:
+        read_definitions(text.encode(), "f.xml", tmp_path)
+    problems = dict(e.value.problems)
+    assert set(problems) == {4, 6}, problems
+    assert "'g' is defined twice (first at line 2)" in problems[4]
+    assert "b.example" in problems[6] and "first at line 5" in problems[6]
+
+
+def test_text_in_a_preshared_key_element_is_never_echoed(
+    db: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    secret = "my-real-secret-key"
+    for xml, line in (
+        (
+            f"<AIX_VPN>\n<IKEPresharedKey>{secret}<PK_Identity><FQDN Value='b.example'/></PK_Identity>"
+            "</IKEPresharedKey></AIX_VPN>",
+            2,
+        ),
+        (
+            "<AIX_VPN>\n<IKEPresharedKey Value='k'><PK_Identity>\n"
+            f"<FQDN Value='b.example'>{secret}</FQDN></PK_Identity></IKEPresharedKey></AIX_VPN>",
+            3,
+        ),
+    ):
+        capsys.readouterr()
+        assert put(tmp_path, xml) == 1
+        err = capsys.readouterr().err
+        assert "unexpected text" in err and "IKEPresharedKey" in err and f"in.xml:{line}: " in err, err
+        assert secret not in err and secret[:10] not in err

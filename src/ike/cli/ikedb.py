@@ -125,7 +125,7 @@ def _put(store: Store, args: argparse.Namespace) -> int:
         return EXIT_FAIL
     except StoreError as e:
         for line, msg in problems_to_lines(e.problems, lines):
-            print(f"{name}:{line}: {msg}", file=sys.stderr)
+            print(f"{name}:{line}: {msg}" if line else f"{name}: {msg}", file=sys.stderr)
         print(f"ikedb: {name}: nothing was written", file=sys.stderr)
         return EXIT_FAIL
     for t in defs.phase1:

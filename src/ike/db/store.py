@@ -302,16 +302,42 @@ class Store:
                     "INSERT OR REPLACE INTO psk VALUES (?, ?, ?)", (k.identity.type.label, k.identity.value, k.key)
                 )
             # An overwritten policy can break tunnels that are not in this batch: check them all.
-            problems = self._check_consistency(check_phase2_against_phase1)
+            problems = self._check_consistency(check_phase2_against_phase1, defs)
             if problems:
                 raise StoreError(problems)
 
-    def _check_consistency(self, check: Callable[[DataManagementPolicy, int], str | None]) -> Problems:
+    def _check_consistency(
+        self, check: Callable[[DataManagementPolicy, int], str | None], defs: Definitions
+    ) -> Problems:
+        """Problems of every stored tunnel after this batch's writes. A tunnel that is not in the
+        batch is broken by something that is: the problem is filed under that entry (so put reports
+        the line that caused it) and names the tunnel as one in the database."""
         problems: Problems = []
+        in_batch = {
+            KM_POLICY: {p.name for p in defs.km_policies},
+            DM_POLICY: {p.name for p in defs.dm_policies},
+            PHASE1: {t.name for t in defs.phase1},
+            PHASE2: {t.name for t in defs.phase2},
+        }
+
+        def file_under(kind: str, name: str, causes: list[tuple[str, str]], msg: str) -> None:
+            if name in in_batch[kind]:
+                problems.append(((kind, name), msg))
+                return
+            cause = next((c for c in causes if c[1] in in_batch[c[0]]), (kind, name))
+            problems.append(
+                (
+                    cause,
+                    f"this change breaks {kind} {name!r} (in the database, not in this file): {msg}; "
+                    f"put {kind} {name!r} in the same file, changed to fit, or leave this change out",
+                )
+            )
+
         verdicts: dict[tuple[int, int], str | None] = {}
         rows = self._q(
-            "SELECT t.name, t.policy_id, k.version FROM phase2 t JOIN phase1 p ON p.number = t.phase1"
-            " JOIN km_policy k ON k.id = p.policy_id"
+            "SELECT t.name, t.policy_id, k.version, d.name AS dm, p.name AS p1, k.name AS km FROM phase2 t"
+            " JOIN phase1 p ON p.number = t.phase1 JOIN km_policy k ON k.id = p.policy_id"
+            " JOIN dm_policy d ON d.id = t.policy_id"
         )
         dms = {r["id"]: self._dm(r) for r in self._q("SELECT * FROM dm_policy")} if rows else {}
         for r in rows:
@@ -319,17 +345,18 @@ class Store:
             if key not in verdicts:
                 verdicts[key] = check(dms[r["policy_id"]], r["version"])
             if verdicts[key]:
-                problems.append(((PHASE2, r["name"]), str(verdicts[key])))
+                causes = [(DM_POLICY, r["dm"]), (PHASE1, r["p1"]), (KM_POLICY, r["km"])]
+                file_under(PHASE2, r["name"], causes, str(verdicts[key]))
         for r in self._q(
             "SELECT t.name, k.name AS policy, k.auth FROM phase1 t JOIN km_policy k ON k.id = t.policy_id"
             " WHERE k.auth != 'psk' AND t.cert_file IS NULL"
         ):
-            problems.append(
-                (
-                    (PHASE1, r["name"]),
-                    f"IKEProtection {r['policy']!r} authenticates with {r['auth']} signatures: give "
-                    "IKE_CertificateFile, IKE_PrivateKeyFile and IKE_CAFile",
-                )
+            file_under(
+                PHASE1,
+                r["name"],
+                [(KM_POLICY, r["policy"])],
+                f"IKEProtection {r['policy']!r} authenticates with {r['auth']} signatures: give "
+                "IKE_CertificateFile, IKE_PrivateKeyFile and IKE_CAFile",
             )
         return problems
 

@@ -125,9 +125,15 @@ def parse_tree(data: bytes, filename: str) -> Node:
 
     def text(data: str) -> None:
         if data.strip():
+            # The text is not shown: misplaced text in a file that holds keys may well be a key.
+            where = f" inside <{stack[-1].tag}>" if stack else ""
+            if any(n.tag == "IKEPresharedKey" for n in stack):
+                if stack[-1].tag != "IKEPresharedKey":
+                    where += " of an <IKEPresharedKey>"
+                where += " (not shown: it may be a key)"
             raise XmlError(
                 filename,
-                [(parser.CurrentLineNumber, f"unexpected text {data.strip()[:40]!r}: values go in attributes")],
+                [(parser.CurrentLineNumber, f'unexpected text{where}: values go in attributes, e.g. Value="..."')],
             )
 
     def doctype(*_: object) -> None:
@@ -220,7 +226,16 @@ class _Reader:
                 self.bad(c, f"is not allowed inside <{node.tag}>; allowed: {', '.join(allowed)}")
 
     def remember(self, kind: str, name: str, node: Node) -> None:
-        self.lines.setdefault((kind, name), node.line)
+        first = self.lines.get((kind, name))
+        if first is None:
+            self.lines[(kind, name)] = node.line
+            return
+        # Reported at the second one: that is the line to delete or rename.
+        if kind == PSK:
+            ident = name.split(":", 1)[1]
+            self.bad(node, f"a key for identity {ident!r} is defined twice (first at line {first}); remove one")
+        else:
+            self.bad(node, f"{name!r} is defined twice (first at line {first}); remove one or rename it")
 
     def keylen(self, node: Node, attrs: dict[str, str], attr: str, encr: str) -> int:
         known = transforms.ENCR.get(encr)
