@@ -455,6 +455,15 @@ def test_rekeys_keep_tunnel_numbers_and_traffic(hosts: tuple[Host, Host], versio
         assert rekeyed, json.dumps(listing(ia), indent=1) + ia.log(60)
         child = listing(ia)["tunnels"][0]["phase2"][0]
         assert child["spi_in"] != spi_before and child["state"] == "established", ia.log(60)
+        # The responder too: one tunnel renewed in place (IKEv1 renews phase 1 with a new main mode,
+        # which must not list a new tunnel and orphan the phase 2 under the old one).
+        tb = listing(ib)["tunnels"]
+        assert len(tb) == 1, json.dumps(tb, indent=1) + ib.log(60)
+        (rb,) = tb
+        assert (rb.get("phase", 1), rb["tunnel"], rb["state"], rb["role"]) == (1, 1, "established", "r"), rb
+        assert rb["rekeys"] >= 1, json.dumps(rb, indent=1)
+        assert [(c["tunnel"], c["state"], c["refresh"]) for c in rb["phase2"]] == [(1, "established", True)], rb
+        assert rb["phase2"][0]["rekeys"] >= 1, json.dumps(rb, indent=1)
         ping = a.ping(b.inner4, count=3, src=a.inner4)
         assert ping.returncode == 0, ia.log(40)
         assert ia.alive() and ib.alive()

@@ -122,6 +122,9 @@ class P1Entry:
     children: dict[int, P2Entry] = field(default_factory=dict)
     waiters: list[asyncio.Future[None]] = field(default_factory=list)
     removing: bool = False
+    # IKEv1 renewals by the peer come to a new responder engine (new cookies): the engines that
+    # still hold this tunnel's older ISAKMP SA or phase 2 SAs not yet replaced under the new one.
+    old_slots: list[Slot] = field(default_factory=list)
 
     @property
     def live(self) -> bool:
@@ -200,6 +203,7 @@ class Slot:
     # We are behind a NAT (RFC 3948 §2.3): 0xff keepalives keep the NAT's mapping for the peer.
     keepalive: asyncio.TimerHandle | None = None
     keepalive_path: tuple[Address, Address] | None = None  # (local, remote) of the newest IKE SA
+    renewed: P1Entry | None = None  # IKEv1: the tunnel whose ISAKMP SA the peer renewed elsewhere
 
 
 @dataclass
@@ -479,8 +483,10 @@ class TunnelManager:
             if p2e.live:
                 self._p2_gone(p2e, why)
         for p1e in slot.p1_by_sa.values():
-            if p1e.live or p1e.state == "deleting":
-                self._p1_gone(p1e, why)
+            if p1e.slot is slot and (p1e.live or p1e.state == "deleting"):
+                self._p1_gone(p1e, why)  # not a tunnel renewed under another engine: it goes on there
+        if slot.renewed is not None and slot in slot.renewed.old_slots:
+            slot.renewed.old_slots.remove(slot)
 
     def _engine_failed(self, slot: Slot, reason: str) -> None:
         self._drop_slot(slot, reason)
@@ -519,6 +525,13 @@ class TunnelManager:
         if entry is None and slot.p1_pending is not None:
             entry = slot.p1_pending
             slot.p1_pending = None
+        initial_contact = bool(getattr(ev, "initial_contact", False)) and ev.rekey_of is None
+        renewed_from: Slot | None = None
+        if entry is None and ev.version == 1 and not initial_contact:
+            entry = self._v1_renewal_of(slot, ev)
+            if entry is not None:
+                entry.rekeys += 1
+                renewed_from = entry.slot
         if entry is None:
             entry = self._new_p1(ev.role, ev.phase1, ev.local, ev.remote, ev.version, slot)
         entry.slot = slot
@@ -536,17 +549,23 @@ class TunnelManager:
         entry.last_error = None
         slot.p1_by_sa[ev.sa_id] = entry
         slot.remote = ev.remote
+        if renewed_from is not None and renewed_from is not slot and not renewed_from.dead:
+            renewed_from.renewed = entry
+            if renewed_from not in entry.old_slots:
+                entry.old_slots.append(renewed_from)
+            self._move_initiated_children(renewed_from, entry)
         self._nat_keepalives(slot, ev)
         if slot.detached:
             return  # an unlisted IKE SA kept for its children (see _remove_p1): rekeyed, not revived
         peer = (ev.remote[0], entry.remote_id)
-        if getattr(ev, "initial_contact", False) and ev.rekey_of is None:
+        if initial_contact:
             # The peer restarted (RFC 7296 §2.4): whatever we still hold with it is stale.
             for n in list(self._established_by_peer.get(peer, ())):
                 old = self.p1.get(n)
                 if old is not None and old.slot is not None and old.slot is not slot and not old.slot.dead:
                     log.info("phase 1 tunnel %d: peer %s restarted (INITIAL_CONTACT); dropped", n, ev.remote[0])
-                    self._drop_slot(old.slot, "peer restarted (INITIAL_CONTACT)")
+                    for s in [*old.old_slots, old.slot]:
+                        self._drop_slot(s, "peer restarted (INITIAL_CONTACT)")
         self._established_by_peer.setdefault(peer, set()).add(entry.number)
         if ev.phase1 is not None and ev.phase1.number not in self.p1_live_by_def:
             self.p1_live_by_def[ev.phase1.number] = entry
@@ -554,7 +573,7 @@ class TunnelManager:
             self.half_open.pop(slot.half_open_key, None)
             slot.half_open_key = None
         _resolve(entry.waiters)
-        verb = "rekeyed" if ev.rekey_of is not None else "established"
+        verb = "rekeyed" if ev.rekey_of is not None or renewed_from is not None else "established"
         log.info(
             "phase 1 tunnel %d %s: IKEv%d %s %s[%s] <-> %s[%s] %s",
             entry.number,
@@ -571,6 +590,67 @@ class TunnelManager:
         now = self.now()
         for p2 in queued:
             self._call_nopump(slot, _start_child(p2, now))
+
+    def _v1_renewal_of(self, slot: Slot, ev: IkeSaEstablished) -> P1Entry | None:
+        """IKEv1 has no phase 1 rekey exchange: the peer renews its ISAKMP SA with a new main or
+        aggressive mode under new cookies, which reaches a new responder engine. One for the same
+        definition, addresses and identities as a live responder tunnel with that peer is that
+        tunnel renewed, not another one (else each renewal lists a new tunnel, and the old one's
+        end would leave its phase 2 SAs unrefreshed). A tunnel we initiated is renewed by our own
+        engine; a peer's main mode beside it is the peer initiating too, a tunnel of its own."""
+        if ev.role is not Role.RESPONDER or ev.phase1 is None:
+            return None
+        for n in sorted(self._established_by_peer.get((ev.remote[0], str(ev.remote_id)), ()), reverse=True):
+            e = self.p1.get(n)
+            if (
+                e is not None
+                and e.state == "established"
+                and not e.removing
+                and e.version == 1
+                and e.role is Role.RESPONDER
+                and e.slot is not None
+                and e.slot is not slot
+                and not e.slot.dead
+                and e.definition is not None
+                and e.definition.number == ev.phase1.number
+                and e.local[0] == ev.local[0]
+                and e.local_id == str(ev.local_id)
+            ):
+                return e
+        return None
+
+    def _move_initiated_children(self, old: Slot, entry: P1Entry) -> None:
+        """The peer renewed `entry` under a new engine. The phase 2 SAs we initiated under the old
+        ISAKMP SA would run out unrefreshed (only the initiator of a phase 2 SA rekeys it, and their
+        engine is about to lose its ISAKMP SA), so they are negotiated again under the new one now,
+        keeping their numbers; the old engine can still send the Delete for the SAs they replace."""
+        for p2e in {id(c): c for c in old.p2_by_child.values()}.values():
+            if p2e.live and p2e.slot is old and p2e.role is Role.INITIATOR and p2e.refresh and p2e.definition:
+                log.info("phase 2 tunnel %d: negotiating it again under the renewed phase 1 SA", p2e.number)
+                self._start_under(entry, p2e, p2e.definition)
+
+    def _start_under(self, p1e: P1Entry, e: P2Entry, p2: Phase2Tunnel) -> None:
+        """Negotiate `p2` under `p1e`'s current SA; its SA, once up, belongs to tunnel `e`."""
+        slot = p1e.slot
+        assert slot is not None  # live entries always have their slot
+        slot.p2_pending.setdefault(p2.number, []).append(e)
+        if p1e.state == "established":
+            self._call(slot, _start_child(p2, self.now()))
+        else:
+            slot.queued_children.append(p2)
+
+    def _carried_over(self, p1e: P1Entry, p2: Phase2Tunnel, slot: Slot) -> P2Entry | None:
+        """The phase 2 tunnel of `p1e` for definition `p2` whose SAs an older engine of that tunnel
+        (see P1Entry.old_slots) still holds: a new SA for it under the renewed ISAKMP SA is its
+        rekey (the peer's Delete of the old SA goes to the new engine, which does not know it)."""
+        live = self.p2_live_by_def.get(p2.number)
+        if live is not None and live.p1 is p1e and live.slot is not slot and live.sas:
+            return live
+        for old in p1e.old_slots:
+            for c in old.p2_by_child.values():
+                if c.live and c.p1 is p1e and c.slot is old and c.definition and c.definition.number == p2.number:
+                    return c
+        return None
 
     def _nat_keepalives(self, slot: Slot, ev: IkeSaEstablished) -> None:
         """Behind a NAT, keep its mapping alive for as long as the association lives (IKEv1 phase 2
@@ -604,6 +684,11 @@ class TunnelManager:
 
     def _on_ike_down(self, slot: Slot, ev: IkeSaDeleted) -> None:
         entry = slot.p1_by_sa.pop(ev.sa_id, None)
+        if entry is not None and entry.slot is not slot:
+            # IKEv1: an older ISAKMP SA of a tunnel the peer renewed under another engine (its
+            # Delete, or its expiry): the tunnel goes on under the new one.
+            slot.ike_alive = bool(slot.p1_by_sa)
+            return
         if entry is None or (entry.sa_id != ev.sa_id and entry.state in (*LIVE, "deleting")):
             return  # an SA that was rekeyed away; the tunnel goes on under its successor
         if ev.reason == "rekeyed" and any(e is entry for e in slot.p1_by_sa.values()):
@@ -748,11 +833,20 @@ class TunnelManager:
                 if not pending:
                     del slot.p2_pending[ev.phase2.number]
         p1e = slot.p1_by_sa.get(ev.sa_id) or next((x for x in slot.p1_by_sa.values() if x.live), None)
+        if entry is None and slot.version == 1 and p1e is not None and p1e.slot is slot:
+            entry = self._carried_over(p1e, ev.phase2, slot)
         if entry is None:
             entry = self._new_p2(ev.role, ev.phase2, p1e, slot)
         if entry.p1 is None and p1e is not None:
             entry.p1 = p1e
             p1e.children[entry.number] = entry
+        # IKEv1, renewed phase 1: the tunnel's SAs so far are in an older engine. The new SA takes
+        # over; they go once it is installed (engines number children locally, so keep them apart).
+        handover: tuple[Slot, dict[int, int | None], dict[int, ChildSaEstablished]] | None = None
+        if entry.slot is not None and entry.slot is not slot and entry.sas:
+            handover = (entry.slot, entry.sas, entry.shown)
+            entry.sas, entry.shown = {}, {}
+            entry.rekeys += 1
         entry.slot = slot
         entry.definition = ev.phase2
         entry.state = "established"
@@ -772,6 +866,9 @@ class TunnelManager:
                 log.error("phase 2 tunnel %d: the data plane refused the SA: %s", entry.number, e)
                 slot.p2_by_child.pop(ev.child_id, None)
                 self._call_nopump(slot, lambda eng: eng.delete_child(ev.child_id, self.now()))
+                if handover is not None:  # the older engine's SAs go on carrying the tunnel
+                    entry.slot, entry.sas, entry.shown = handover
+                    entry.rekeys -= 1
                 if not entry.sas:
                     self._p2_fail(entry, f"the data plane refused the SA: {e}")
                 else:
@@ -786,6 +883,8 @@ class TunnelManager:
             ev, inbound=ChildSaKeys(ev.inbound.spi, b"", b""), outbound=ChildSaKeys(ev.outbound.spi, b"", b"")
         )
         self._show(entry, ev.child_id, self.now(), time.time())
+        if handover is not None:
+            self._retire_handed_over(entry, handover[0], handover[1])
         _resolve(entry.waiters)
         log.info(
             "phase 2 tunnel %d %s: %s %s %s <-> %s, SPIs in %s out %s, %s%s",
@@ -800,6 +899,16 @@ class TunnelManager:
             entry.proposal,
             ", UDP-encapsulated" if ev.udp_encap else "",
         )
+
+    def _retire_handed_over(self, entry: P2Entry, old: Slot, sas: dict[int, int | None]) -> None:
+        """The SAs of `entry` in the older engine `old`, replaced under the renewed phase 1 SA."""
+        for cid, dp_id in sas.items():
+            if old.p2_by_child.get(cid) is entry:
+                del old.p2_by_child[cid]
+            self._dp_remove(entry, dp_id)
+        now = self.now()
+        for cid in sas:
+            self._call(old, _delete_child(cid, now))
 
     def _show(self, entry: P2Entry, child_id: int, at: float | None, wall: float | None) -> None:
         """Make `child_id` the SA that the tunnel's listing shows and that gets rekeyed."""
@@ -928,6 +1037,12 @@ class TunnelManager:
                 del self._established_by_peer[(e.remote[0], e.remote_id)]
 
     def _p2_fail(self, e: P2Entry, reason: str, **detail: Any) -> None:
+        if e.sas and e.live and e.slot is not None and not e.slot.dead:
+            # Negotiating it again under a renewed phase 1 SA failed (_move_initiated_children): the SA it
+            # has runs on until it expires.
+            e.last_error = f"renewing it under the new phase 1 SA failed: {reason}"
+            log.error("phase 2 tunnel %d: %s", e.number, e.last_error)
+            return
         self._died(e)
         e.state = "failed"
         e.last_error = reason
@@ -1267,6 +1382,9 @@ class TunnelManager:
                 self._drop_slot(slot, "removed")
         else:
             self._call(slot, lambda eng: eng.delete(self.now()))
+            for old in list(e.old_slots):  # IKEv1: older ISAKMP SAs of it the peer has not deleted yet
+                if old.p1_by_sa:
+                    self._call(old, lambda eng: eng.delete(self.now()))
             if e.live:
                 # The engine deletes after the exchange in flight (IKEv2 runs one at a time); the
                 # tunnel is no longer "the" live one for its definition, and is shown as deleting.
