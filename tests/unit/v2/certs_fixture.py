@@ -1,5 +1,5 @@
 """A throw-away PKI made with `cryptography` for certificate tests: a CA, an optional intermediate
-and host certificates for RSA, ECDSA (P-256/P-384) and Ed25519 keys, written to a directory."""
+and host certificates for RSA, ECDSA (P-256/P-384/P-521) and Ed25519 keys, written to a directory."""
 
 from __future__ import annotations
 
@@ -24,6 +24,8 @@ def new_key(kind: str):  # type: ignore[no-untyped-def]
         return ec.generate_private_key(ec.SECP256R1())
     if kind == "ecdsa384":
         return ec.generate_private_key(ec.SECP384R1())
+    if kind == "ecdsa521":
+        return ec.generate_private_key(ec.SECP521R1())
     if kind == "ed25519":
         return ed25519.Ed25519PrivateKey.generate()
     raise ValueError(kind)

@@ -3,20 +3,29 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from ike.policy import AuthMethod, Credentials, Identity
+from ike.policy import AuthMethod, Credentials, Identity, Phase2Tunnel
 from ike.proto.api import ChildSaEstablished, EngineSettings, IkeSaEstablished, NegotiationFailed
 from ike.proto.identity import identities_match
 from ike.proto.static_policies import StaticPolicies
 from ike.proto.v2 import CookieGuard
 from ike.proto.v2.payloads import auth as am
 
+from . import lifecycle
 from .certs_fixture import NOW_TS, Pki, make_pki
 from .harness import I_IP, R_IP, Net, mirror1, mirror2, phase1, phase2
+from .lifecycle import Drop
 
-AUTH = {"rsa": AuthMethod.RSA, "ecdsa": AuthMethod.ECDSA, "ecdsa384": AuthMethod.ECDSA, "ed25519": AuthMethod.ED25519}
+AUTH = {
+    "rsa": AuthMethod.RSA,
+    "ecdsa": AuthMethod.ECDSA,
+    "ecdsa384": AuthMethod.ECDSA,
+    "ecdsa521": AuthMethod.ECDSA,
+    "ed25519": AuthMethod.ED25519,
+}
 
 
 @pytest.fixture(scope="module")
@@ -24,10 +33,12 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     return make_pki(tmp_path_factory.mktemp("v2pki"))
 
 
-def settings(classic: bool = False) -> EngineSettings:
-    extra: dict[str, object] = {"wall_clock": lambda: NOW_TS, "ikev2_cookie_guard": CookieGuard()}
+def settings(classic: bool = False, pss: bool = False, **extra: object) -> EngineSettings:
+    extra = {"wall_clock": lambda: NOW_TS, "ikev2_cookie_guard": CookieGuard(), **extra}
     if classic:
         extra["signature_hash_notify"] = False
+    if pss:
+        extra["rsa_pss"] = True
     return EngineSettings(extra=extra)
 
 
@@ -39,28 +50,51 @@ def cert_pair(
     classic: bool = False,
     r_kind: str | None = None,
     r_ca: str | None = None,
-    i_id_cert: dict | None = None,
-) -> Net:  # type: ignore[type-arg]
+    i_id_cert: dict | None = None,  # type: ignore[type-arg]
+    *,
+    pss: bool = False,
+    p1_kw: dict[str, Any] | None = None,
+    p2s: list[Phase2Tunnel] | None = None,
+    drop: Drop | None = None,
+    san_ips: tuple[str, str] = (I_IP, R_IP),
+    addresses: tuple[str, str] = (I_IP, R_IP),
+    i_settings: EngineSettings | None = None,
+    r_settings: EngineSettings | None = None,
+) -> Net:
+    """Initiator `kind`, responder `r_kind` certificates from `pki` (subjectAltNames: IP `san_ips`,
+    DNS and RFC822); the responder mirrors the initiator's definition."""
     r_kind = r_kind or kind
-    hi = pki.host(f"i-{kind}", kind, ip=I_IP, dns="i.example", email="i@example", **(i_id_cert or {}))
-    hr = pki.host(f"r-{r_kind}", r_kind, ip=R_IP, dns="r.example", email="r@example")
+    hi = pki.host(f"i-{kind}", kind, ip=san_ips[0], dns="i.example", email="i@example", **(i_id_cert or {}))
+    hr = pki.host(f"r-{r_kind}", r_kind, ip=san_ips[1], dns="r.example", email="r@example")
     p1 = phase1(
         local_id=i_id,
         remote_id=r_id,
+        local_addr=addresses[0],
+        remote_addr=addresses[1],
         auth=AUTH[kind],
         psk=None,
         cert_file=hi.cert_file,
         key_file=hi.key_file,
         ca_file=pki.ca_file,
+        **(p1_kw or {}),
     )
     r1 = mirror1(
         p1,
-        policy=phase1(auth=AUTH[r_kind]).policy,
+        policy=phase1(auth=AUTH[r_kind], **(p1_kw or {})).policy,
         credentials=Credentials(cert_file=hr.cert_file, key_file=hr.key_file, ca_file=r_ca or pki.ca_file),
     )
-    p2 = phase2()
-    s = settings(classic)
-    return Net(p1, [p2], StaticPolicies([p1], [p2]), StaticPolicies([r1], [mirror2(p2)]), settings=s, r_settings=s)
+    children = p2s if p2s is not None else [phase2()]
+    s = settings(classic, pss)
+    return Net(
+        p1,
+        children,
+        StaticPolicies([p1], children),
+        StaticPolicies([r1], [mirror2(c) for c in children]),
+        settings=i_settings or s,
+        r_settings=r_settings or s,
+        drop=drop,
+        addresses=addresses,
+    )
 
 
 # Ed25519 exists only as an RFC 7427 signature (RFC 8420), so it has no classic variant.
@@ -71,6 +105,8 @@ KINDS = [
     ("ecdsa", True),
     ("ecdsa384", False),
     ("ecdsa384", True),
+    ("ecdsa521", False),
+    ("ecdsa521", True),
     ("ed25519", False),
 ]
 
@@ -179,3 +215,33 @@ def test_missing_key_file_reported(pki: Pki) -> None:
     net.pump()
     f = net.i.of(NegotiationFailed)
     assert f and "cannot read" in f[0].reason
+
+
+# --- the SA's life after IKE_AUTH, for each kind of certificate (the PSK runs are in test_engine_pairs) --
+
+CERT_KINDS = {
+    "rsa": ("rsa", False),
+    "rsa-pss": ("rsa", True),
+    "ecdsa-p256": ("ecdsa", False),
+    "ecdsa-p384": ("ecdsa384", False),
+    "ecdsa-p521": ("ecdsa521", False),
+    "ed25519": ("ed25519", False),
+}
+
+
+def cert_net(pki: Pki, cert: str) -> lifecycle.MakeNet:
+    kind, pss = CERT_KINDS[cert]
+
+    def make(
+        *, p1: dict[str, Any] | None = None, p2s: list[dict[str, Any]] | None = None, drop: Drop | None = None
+    ) -> Net:
+        children = [phase2(**kw) for kw in (p2s or [{}])]
+        return cert_pair(pki, kind, "i.example", "r.example", pss=pss, p1_kw=p1, p2s=children, drop=drop)
+
+    return make
+
+
+@pytest.mark.parametrize("scenario", list(lifecycle.SCENARIOS))
+@pytest.mark.parametrize("cert", list(CERT_KINDS))
+def test_certificate_sa_lifecycle(pki: Pki, cert: str, scenario: str) -> None:
+    lifecycle.SCENARIOS[scenario](cert_net(pki, cert))

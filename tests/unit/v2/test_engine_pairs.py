@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from ike.policy import DpdAction, EspProposal, IkeProposal
@@ -20,7 +22,9 @@ from ike.proto.transforms import ENCR, INTEG
 from ike.proto.v2 import CookieGuard
 from ike.proto.v2.payloads.header import IKE_SA_INIT, IkeHeader
 
+from . import lifecycle
 from .harness import NAT_IP, Net, mirror1, mirror2, phase1, phase2
+from .lifecycle import child_pair, established
 
 
 def pair(p1=None, p2s=None, r_p1=None, r_p2s=None, **kw) -> Net:  # type: ignore[no-untyped-def]
@@ -31,19 +35,11 @@ def pair(p1=None, p2s=None, r_p1=None, r_p2s=None, **kw) -> Net:  # type: ignore
     return Net(p1, p2s, StaticPolicies([p1], p2s), StaticPolicies([r_p1], r_p2s), **kw)
 
 
-def established(net: Net) -> tuple[IkeSaEstablished, IkeSaEstablished]:
-    ei, er = net.i.of(IkeSaEstablished), net.r.of(IkeSaEstablished)
-    assert ei and er, (net.i.events, net.r.events)
-    return ei[-1], er[-1]
-
-
-def child_pair(net: Net, index: int = -1) -> tuple[ChildSaEstablished, ChildSaEstablished]:
-    ci, cr = net.i.of(ChildSaEstablished), net.r.of(ChildSaEstablished)
-    assert ci and cr, (net.i.events, net.r.events)
-    a, b = ci[index], cr[index]
-    assert a.outbound == b.inbound and a.inbound == b.outbound
-    assert a.outbound.spi == b.inbound.spi and a.inbound.spi != a.outbound.spi
-    return a, b
+def psk_net(
+    *, p1: dict[str, Any] | None = None, p2s: list[dict[str, Any]] | None = None, drop: lifecycle.Drop | None = None
+) -> Net:
+    """The lifecycle scenarios' factory (lifecycle.MakeNet) with a pre-shared key."""
+    return pair(phase1(**(p1 or {})), [phase2(**kw) for kw in (p2s or [{}])], drop=drop)
 
 
 def key_lens(p: EspProposal) -> tuple[int, int]:
@@ -291,17 +287,7 @@ def test_delete_child_both_directions() -> None:
 
 
 def test_delete_ike_takes_children() -> None:
-    net = pair()
-    net.pump()
-    assert net.i.engine is not None and net.r.engine is not None
-    net.r.engine.delete(net.now)
-    net.pump()
-    assert net.r.of(IkeSaDeleted)[0].reason == "deleted locally"
-    assert net.i.of(IkeSaDeleted)[0].reason == "deleted by peer"
-    assert net.i.of(ChildSaDeleted) and net.r.of(ChildSaDeleted)
-    assert not net.i.engine.is_established() and not net.r.engine.is_established()
-    assert {e.spi for e in net.i.of(SpiAdded)} == {e.spi for e in net.i.of(SpiRemoved)}
-    assert net.i.engine.get_timer() is None
+    lifecycle.delete_ike_takes_children(psk_net)
 
 
 def test_retransmission_backoff_and_give_up() -> None:
@@ -325,63 +311,19 @@ def test_retransmission_backoff_and_give_up() -> None:
 
 
 def test_retransmitted_request_answered_from_cache() -> None:
-    # Lose the responder's IKE_AUTH response once.
-    lost: list[int] = []
-
-    def drop(n: int, dg) -> bool:  # type: ignore[no-untyped-def]
-        h = IkeHeader.decode(dg.data)
-        if h.exchange == 35 and h.is_response and not lost:
-            lost.append(n)
-            return True
-        return False
-
-    net = pair(drop=drop)
-    net.run(10)
-    established(net)
-    assert lost
-    assert net.r.engine is not None and net.r.engine.stats["retransmitted requests answered"] == 1
-    assert len(net.r.of(ChildSaEstablished)) == 1 and len(net.r.of(IkeSaEstablished)) == 1
+    lifecycle.retransmitted_request_answered_from_cache(psk_net)
 
 
 def test_every_other_datagram_lost() -> None:
-    net = pair(
-        p2s=[phase2(), phase2(2, local="198.18.11.0/24", remote="198.18.21.0/24")], drop=lambda n, dg: n % 2 == 0
-    )
-    net.run(60)
-    established(net)
-    assert len(net.i.of(ChildSaEstablished)) == 2 and len(net.r.of(ChildSaEstablished)) == 2
-    assert net.i.engine is not None
-    cid = net.i.of(ChildSaEstablished)[0].child_id
-    net.i.engine.rekey_child(cid, net.now)
-    net.run(60)
-    assert net.i.of(ChildSaEstablished)[-1].rekey_of == cid
-    assert cid in [e.child_id for e in net.i.of(ChildSaDeleted)]
-    net.i.engine.rekey_ike(net.now)
-    net.run(60)
-    assert net.i.of(IkeSaEstablished)[-1].rekey_of is not None
-    assert net.r.of(IkeSaEstablished)[-1].rekey_of is not None
+    lifecycle.every_other_datagram_lost(psk_net)
 
 
 def test_dpd_clear_when_peer_goes_silent() -> None:
-    silent = [False]
-    net = pair(phase1(dpd_delay_s=10), drop=lambda n, dg: silent[0])
-    net.pump()
-    established(net)
-    net.run(5)
-    assert not net.i.of(IkeSaDeleted)
-    silent[0] = True
-    net.run(200)
-    d = net.i.of(IkeSaDeleted)
-    assert d and d[0].reason == "peer unreachable (DPD)"
-    assert net.i.of(ChildSaDeleted)
-    assert net.i.engine is not None and net.i.engine.get_timer() is None
+    lifecycle.dpd_clear_when_peer_goes_silent(psk_net)
 
 
 def test_dpd_keeps_sa_alive_when_peer_answers() -> None:
-    net = pair(phase1(dpd_delay_s=10))
-    net.run(100)
-    assert not net.i.of(IkeSaDeleted) and not net.r.of(IkeSaDeleted)
-    assert net.i.engine is not None and net.i.engine.stats["liveness checks"] >= 5
+    lifecycle.dpd_keeps_sa_alive_when_peer_answers(psk_net)
 
 
 @pytest.mark.parametrize("action", [DpdAction.RESTART, DpdAction.HOLD, DpdAction.CLEAR])
@@ -403,18 +345,7 @@ def test_dpd_loss_is_reported_not_restarted(action: DpdAction) -> None:
 
 @pytest.mark.parametrize("pfs", [0, 31, 14])
 def test_child_rekey(pfs: int) -> None:
-    net = pair(p2s=[phase2(pfs_group=pfs)])
-    net.pump()
-    old_i, old_r = child_pair(net)
-    assert net.i.engine is not None
-    net.i.engine.rekey_child(old_i.child_id, net.now)
-    net.pump()
-    new_i, new_r = child_pair(net)
-    assert new_i.rekey_of == old_i.child_id and new_r.rekey_of == old_r.child_id
-    assert new_i.pfs_group == pfs
-    assert new_i.inbound.enc_key != old_i.inbound.enc_key
-    assert [e.child_id for e in net.i.of(ChildSaDeleted)] == [old_i.child_id]
-    assert [(e.child_id, e.reason) for e in net.r.of(ChildSaDeleted)] == [(old_r.child_id, "rekeyed")]
+    lifecycle.child_rekey(psk_net, pfs)
 
 
 def test_child_rekey_by_responder() -> None:
@@ -449,26 +380,7 @@ def test_simultaneous_child_rekey() -> None:
 
 
 def test_ike_rekey_moves_children() -> None:
-    net = pair()
-    net.pump()
-    ei, er = established(net)
-    assert net.i.engine is not None and net.r.engine is not None
-    net.i.engine.rekey_ike(net.now)
-    net.pump()
-    ni, nr = established(net)
-    assert ni.rekey_of == ei.sa_id and nr.rekey_of == er.sa_id
-    assert ni.spi_i == nr.spi_i and ni.spi_i != ei.spi_i
-    assert [e.reason for e in net.i.of(IkeSaDeleted)] == ["rekeyed"]
-    assert [e.reason for e in net.r.of(IkeSaDeleted)] == ["rekeyed"]
-    assert not net.i.of(ChildSaDeleted)
-    assert len(net.i.engine.child_sas()) == 1
-    # The new IKE SA works: rekey the child under it, then delete everything.
-    net.i.engine.rekey_child(net.i.engine.child_sas()[0].child_id, net.now)
-    net.pump()
-    assert net.i.of(ChildSaEstablished)[-1].sa_id == ni.sa_id
-    net.i.engine.delete(net.now)
-    net.pump()
-    assert net.r.of(IkeSaDeleted)[-1].reason == "deleted by peer"
+    lifecycle.ike_rekey_moves_children(psk_net)
 
 
 def test_ike_rekey_by_responder() -> None:
