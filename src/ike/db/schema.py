@@ -1,12 +1,15 @@
 """The database schema as a list of migrations; PRAGMA user_version says how many have run.
 
-Each migration runs in its own transaction together with the version bump, so a crash leaves the
-file at the old or the new version, never between. Append new migrations; never edit old ones.
+All pending migrations run in one transaction together with their version bumps, so a crash or a
+failing statement leaves the file at the old version, never between. Append new migrations; never
+edit old ones. A migration is an SQL script: statements end where SQLite says they end
+(sqlite3.complete_statement), so trigger bodies, literals and comments may hold ';'.
 """
 
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterator, Sequence
 
 MIGRATIONS: tuple[str, ...] = (
     # 1: the tunnel definitions.
@@ -109,26 +112,53 @@ class SchemaError(Exception):
     pass
 
 
-def migrate(conn: sqlite3.Connection) -> None:
-    """Bring the database up to SCHEMA_VERSION. Holds the write lock while checking, so two
-    processes opening a new file at once do not both run migration 1. An up-to-date file is only
-    read, so readers (ike cmd=list db, the daemon) never wait for the write lock."""
-    if conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION:
+def statements(script: str) -> Iterator[str]:
+    """The statements of `script`, each complete as SQLite parses it. (conn.executescript would
+    do the splitting, but it commits any open transaction first, and migrations need theirs.)"""
+    buf = ""
+    for piece in script.split(";"):
+        buf += piece + ";"
+        if sqlite3.complete_statement(buf):
+            if buf.strip(" \t\r\n;"):
+                yield buf
+            buf = ""
+    # The split adds a ';' after the last piece; anything left over never completed.
+    rest = buf[:-1]
+    if rest.strip():
+        raise SchemaError(f"migration script ends in an incomplete statement: {rest.strip()[:60]!r}")
+
+
+def migrate(conn: sqlite3.Connection, migrations: Sequence[str] | None = None) -> None:
+    """Bring the database up to len(migrations) (default: MIGRATIONS). Holds the write lock while
+    checking, so two processes opening a new file at once do not both run migration 1. An
+    up-to-date file is only read, so readers (ike cmd=list db, the daemon) never wait for the write
+    lock."""
+    if migrations is None:
+        migrations = MIGRATIONS
+    target = len(migrations)
+    if conn.execute("PRAGMA user_version").fetchone()[0] == target:
         return
     conn.execute("BEGIN IMMEDIATE")
+    version = 0
+    n = 0
     try:
         version = conn.execute("PRAGMA user_version").fetchone()[0]
-        if version > SCHEMA_VERSION:
+        if version > target:
             raise SchemaError(
                 f"the database has schema version {version}, written by a newer ike; this ike knows "
-                f"versions up to {SCHEMA_VERSION}: upgrade ike or use another IKE_DB"
+                f"versions up to {target}: upgrade ike or use another IKE_DB"
             )
-        for n in range(version, SCHEMA_VERSION):
-            for statement in MIGRATIONS[n].split(";"):
-                if statement.strip():
-                    conn.execute(statement)
+        for n in range(version, target):
+            for statement in statements(migrations[n]):
+                conn.execute(statement)
             conn.execute(f"PRAGMA user_version = {n + 1}")
         conn.execute("COMMIT")
+    except sqlite3.Error as e:
+        conn.execute("ROLLBACK")
+        raise SchemaError(
+            f"upgrading the database failed in migration {n + 1}: {e}; nothing was changed, the file is "
+            f"still at schema version {version}. Report this with the message; the older ike still reads it"
+        ) from e
     except BaseException:
         conn.execute("ROLLBACK")
         raise
