@@ -1,17 +1,14 @@
 """Every message the engines build parses with scapy's IKEv2 layer (scapy.contrib.ikev2) to the same
-fields our codec reads. SK payloads are opened by `sk_open` below, written against the RFCs with
+fields our codec reads. SK payloads are opened by `wire.sk_open`, written against the RFCs with
 `cryptography` directly and sharing no code with ike.proto.v2.payloads.sk."""
 
 from __future__ import annotations
 
 import hashlib
-import hmac
 import ipaddress
 import struct
 
 import pytest
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 from scapy.contrib import ikev2 as s
 from scapy.packet import NoPayload
 
@@ -36,31 +33,7 @@ from ike.proto.v2.payloads import (
 from ike.proto.v2.payloads.base import RawBody
 
 from .harness import Net, mirror1, mirror2, phase1, phase2
-
-HASH = {"hmac-sha2-256-128": ("sha256", 16), "hmac-sha1-96": ("sha1", 12)}
-
-
-def sk_open(msg: bytes, encr: str, ek: bytes, integ: str | None, ak: bytes) -> tuple[int, bytes]:
-    """(first inner payload type, inner payload bytes) of a message whose only payload is SK (46) or
-    SKF (53, RFC 7383: fragment number and total precede the IV and belong to the associated data)."""
-    assert msg[16] in (46, 53), "expected an SK or SKF payload right after the header"
-    first = msg[28]
-    (plen,) = struct.unpack_from("!H", msg, 30)
-    assert 28 + plen == len(msg)
-    start = 32 if msg[16] == 46 else 36
-    body = msg[start:]
-    if encr in ("aes-gcm-16", "chacha20-poly1305"):
-        key, salt = ek[:-4], ek[-4:]
-        aead = AESGCM(key) if encr == "aes-gcm-16" else ChaCha20Poly1305(key)
-        padded = aead.decrypt(salt + body[:8], body[8:], msg[:start])
-    else:
-        assert integ is not None
-        h, icv_len = HASH[integ]
-        icv = hmac.new(ak, msg[:-icv_len], h).digest()[:icv_len]
-        assert hmac.compare_digest(icv, msg[-icv_len:])
-        dec = Cipher(algorithms.AES(ek), modes.CBC(body[:16])).decryptor()
-        padded = dec.update(body[16:-icv_len]) + dec.finalize()
-    return first, padded[: -(padded[-1] + 1)]
+from .wire import sk_open
 
 
 def scapy_chain(first: int, data: bytes) -> list:  # type: ignore[type-arg]
@@ -181,6 +154,14 @@ SCENARIOS = {
     "chacha": (
         IkeProposal("chacha20-poly1305", 256, None, "hmac-sha2-256", 14),
         EspProposal("chacha20-poly1305", 256, None),
+    ),
+    "cbc-sha384": (
+        IkeProposal("aes-cbc", 192, "hmac-sha2-384-192", "hmac-sha2-384", 20),
+        EspProposal("aes-cbc", 192, "hmac-sha2-384-192"),
+    ),
+    "cbc-sha512": (
+        IkeProposal("aes-cbc", 256, "hmac-sha2-512-256", "hmac-sha2-512", 21),
+        EspProposal("aes-cbc", 128, "hmac-sha2-512-256"),
     ),
 }
 

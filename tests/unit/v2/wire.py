@@ -1,0 +1,93 @@
+"""Reading the engines' messages off the wire in tests, with an SK decryption (`sk_open`) written
+against RFC 7296 §3.14, RFC 5282, RFC 7634 and RFC 7383 on `cryptography` directly, sharing no code
+with ike.proto.v2.payloads.sk; only payload decoding is the codec's."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import struct
+
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
+
+from ike.policy import IkeProposal
+from ike.proto.v2.keys import IkeKeys
+from ike.proto.v2.payloads import Payload, decode_chain, decode_outer
+
+from .harness import Net
+
+# RFC 7296 §3.3.2 / RFC 4868: integrity algorithm -> (hash, ICV length); the key is the hash length.
+HASH = {
+    "hmac-sha1-96": ("sha1", 12),
+    "hmac-sha2-256-128": ("sha256", 16),
+    "hmac-sha2-384-192": ("sha384", 24),
+    "hmac-sha2-512-256": ("sha512", 32),
+}
+
+
+def sk_open(msg: bytes, encr: str, ek: bytes, integ: str | None, ak: bytes) -> tuple[int, bytes]:
+    """(first inner payload type, inner payload bytes) of a message whose only payload is SK (46) or
+    SKF (53, RFC 7383: fragment number and total precede the IV and belong to the associated data)."""
+    assert msg[16] in (46, 53), "expected an SK or SKF payload right after the header"
+    first = msg[28]
+    (plen,) = struct.unpack_from("!H", msg, 30)
+    assert 28 + plen == len(msg)
+    start = 32 if msg[16] == 46 else 36
+    body = msg[start:]
+    if encr in ("aes-gcm-16", "chacha20-poly1305"):
+        key, salt = ek[:-4], ek[-4:]
+        aead = AESGCM(key) if encr == "aes-gcm-16" else ChaCha20Poly1305(key)
+        padded = aead.decrypt(salt + body[:8], body[8:], msg[:start])
+    else:
+        assert integ is not None
+        h, icv_len = HASH[integ]
+        assert len(ak) == hashlib.new(h).digest_size
+        icv = hmac.new(ak, msg[:-icv_len], h).digest()[:icv_len]
+        assert hmac.compare_digest(icv, msg[-icv_len:])
+        dec = Cipher(algorithms.AES(ek), modes.CBC(body[:16])).decryptor()
+        padded = dec.update(body[16:-icv_len]) + dec.finalize()
+    return first, padded[: -(padded[-1] + 1)]
+
+
+Keys = dict[bytes, tuple[IkeKeys, IkeProposal]]
+
+
+def remember_keys(net: Net, keys: Keys | None = None) -> Keys:
+    """The SK keys of every IKE SA the two engines hold now, by SPIi (call it while they live)."""
+    keys = {} if keys is None else keys
+    for e in (net.i.engine, net.r.engine):
+        if e is not None:
+            for sa in e._sas.values():
+                if sa.keys is not None and sa.proposal is not None and sa.spi_r != bytes(8):
+                    keys[sa.spi_i] = (sa.keys, sa.proposal)
+    return keys
+
+
+def messages(net: Net, keys: Keys, exchange: int | None = None) -> list[tuple[str, int, bool, list[Payload]]]:
+    """(sender "i"/"r", exchange, is a response, payloads) of every message on the wire, SK opened and
+    SKF fragments reassembled; retransmissions appear again."""
+    out: list[tuple[str, int, bool, list[Payload]]] = []
+    parts: dict[tuple[object, ...], dict[int, tuple[int, bytes]]] = {}
+    for side, dg in net.wire:
+        data = dg.data
+        h, outer = decode_outer(data)
+        if exchange is not None and h.exchange != exchange:
+            continue
+        if data[16] not in (46, 53):
+            out.append((side, h.exchange, h.is_response, outer))
+            continue
+        k, prop = keys[h.spi_i]
+        ek, ak = (k.sk_ei, k.sk_ai) if h.flags & 0x08 else (k.sk_er, k.sk_ar)
+        first, inner = sk_open(data, prop.encr, ek, prop.integ, ak)
+        if data[16] == 46:
+            out.append((side, h.exchange, h.is_response, decode_chain(first, inner)))
+            continue
+        num, total = struct.unpack_from("!HH", data, 32)
+        got = parts.setdefault((side, h.spi_i, h.msg_id, h.is_response), {})
+        got[num] = (first, inner)
+        if len(got) == total:
+            whole = b"".join(got[i][1] for i in range(1, total + 1))
+            out.append((side, h.exchange, h.is_response, decode_chain(got[1][0], whole)))
+            got.clear()
+    return out
