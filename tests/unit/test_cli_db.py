@@ -211,3 +211,19 @@ def test_list_db_does_not_import_the_crypto_stack(db: Path) -> None:
     heavy = sorted(m for m in imported if m.split(".")[0] in ("cryptography", "_cffi_backend", "xml", "pyroute2"))
     assert heavy == [], heavy
     assert "ike.proto.transforms" not in imported
+
+
+def test_a_missing_database_is_reported_not_created(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A mistyped IKE_DB: listing or removing must not leave an empty database (and directories) there.
+    path = tmp_path / "mistyped" / "ike.db"
+    monkeypatch.setenv("IKE_DB", str(path))
+    for argv in (["cmd=list", "db"], ["cmd=list", "db", "phase=2", "format=json"], ["cmd=remove", "db", "all"]):
+        rc, out, err = ike(capsys, *argv)
+        assert rc == 1 and out == "", (argv, out)
+        assert f"no tunnel database at {path}" in err and "ikedb put FILE" in err and "IKE_DB" in err, err
+        assert not path.parent.exists()
+    # put creates it; then list works.
+    assert ikedb.main(["put", str(EXAMPLES / "host-to-host-psk.xml")]) == 0
+    assert ike(capsys, "cmd=list", "db")[0] == 0

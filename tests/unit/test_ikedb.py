@@ -715,3 +715,18 @@ def test_text_in_a_preshared_key_element_is_never_echoed(
         err = capsys.readouterr().err
         assert "unexpected text" in err and "IKEPresharedKey" in err and f"in.xml:{line}: " in err, err
         assert secret not in err and secret[:10] not in err
+
+
+def test_get_and_delete_on_a_missing_database_say_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "nowhere" / "ike.db"
+    monkeypatch.setenv("IKE_DB", str(path))
+    for argv in (["get"], ["get", "-s", "-o", str(tmp_path / "x.xml")], ["delete", "-t", "IKEGroup", "-n", "g"]):
+        capsys.readouterr()
+        assert ikedb.main(argv) == 1
+        err = capsys.readouterr().err
+        assert f"no tunnel database at {path}; define tunnels with ikedb put FILE" in err, err
+        assert not path.parent.exists() and not (tmp_path / "x.xml").exists()
+    assert ikedb.main(["put", str(EXAMPLES / "host-to-host-psk.xml")]) == 0
+    assert path.stat().st_mode & 0o777 == 0o600

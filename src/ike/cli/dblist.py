@@ -12,7 +12,7 @@ from typing import Any, TextIO
 
 from ike.cli.grammar import Command
 from ike.db.model import StoreError
-from ike.db.store import Store
+from ike.db.store import NoDatabase, Store
 from ike.policy import Phase1Tunnel, Phase2Tunnel, TrafficSelector
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
@@ -24,7 +24,11 @@ def run_db(command: Command, out: TextIO | None = None, err: TextIO | None = Non
     out = out or sys.stdout
     err = err or sys.stderr
     try:
-        store = Store()
+        # Listing or removing needs tunnels: a missing file is an error, not a new empty database.
+        store = Store(create=False)
+    except NoDatabase as e:
+        print(f"ike: {e}", file=err)
+        return EXIT_FAIL
     except Exception as e:  # unreadable file, not a database, newer schema: say so, never a traceback
         print(f"ike: cannot open the tunnel-definition database: {e}", file=err)
         return EXIT_FAIL

@@ -76,10 +76,14 @@ def main(argv: list[str] | None = None) -> int:
         print("ikedb: you must be root to use ikedb (the database holds pre-shared keys)", file=sys.stderr)
         return EXIT_FAIL
     from ike.db.schema import SchemaError
-    from ike.db.store import Store
+    from ike.db.store import NoDatabase, Store
 
     try:
-        store = Store()
+        # Only put may create the database; get and delete on a missing file say so.
+        store = Store(create=args.verb == "put")
+    except NoDatabase as e:
+        print(f"ikedb: {e}", file=sys.stderr)
+        return EXIT_FAIL
     except (OSError, SchemaError) as e:
         print(f"ikedb: cannot open the database: {e}", file=sys.stderr)
         return EXIT_FAIL

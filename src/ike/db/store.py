@@ -55,20 +55,47 @@ BUSY_TIMEOUT_S = 30.0
 Problems = list[tuple[tuple[str, str], str]]
 
 
+class NoDatabase(Exception):
+    """Store(create=False) found no file: most likely a mistyped IKE_DB."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        hint = ", or check IKE_DB, which names this path" if os.environ.get("IKE_DB") else ""
+        super().__init__(f"no tunnel database at {path}; define tunnels with ikedb put FILE{hint}")
+
+
 class Store:
-    def __init__(self, path: Path | None = None) -> None:
+    def __init__(self, path: Path | None = None, create: bool = True) -> None:
+        """Open the database at `path` (default: IKE_DB). `create=False` is for commands that only
+        read or remove: a missing file raises NoDatabase instead of leaving an empty database
+        (and its directories) wherever a mistyped IKE_DB points."""
         self.path = Path(path) if path is not None else paths.db_path()
         parent = self.path.parent
-        if not parent.exists():
+        if create and not parent.exists():
             parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         # Create the file ourselves so it is never, even briefly, readable by others: it holds keys.
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fd = os.open(self.path, os.O_RDWR | (os.O_CREAT if create else 0), 0o600)
+        except FileNotFoundError:
+            if create:
+                raise
+            raise NoDatabase(self.path) from None
         try:
             if os.fstat(fd).st_mode & 0o077:
                 os.fchmod(fd, 0o600)
         finally:
             os.close(fd)
-        self._conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+        target: str | Path = self.path
+        if not create:
+            # mode=rw: should the file vanish after the check above, SQLite must not create it either.
+            quoted = str(self.path.absolute()).replace("%", "%25").replace("?", "%3f").replace("#", "%23")
+            target = f"file:{quoted}?mode=rw"
+        try:
+            self._conn = sqlite3.connect(target, timeout=BUSY_TIMEOUT_S, isolation_level=None, uri=not create)
+        except sqlite3.OperationalError:
+            if not create and not self.path.exists():
+                raise NoDatabase(self.path) from None
+            raise
         self._conn.execute("PRAGMA foreign_keys = ON")
         migrate(self._conn)
         # Persistent in the file: switched once, then every later open finds it set. SQLite gives
