@@ -852,7 +852,7 @@ class TunnelManager:
         entry.state = "established"
         entry.last_error = None
         slot.p2_by_child[ev.child_id] = entry
-        if ev.phase2.number not in self.p2_live_by_def:
+        if self._refreshed_p2(ev.phase2.number) is None:  # none yet, or an orphan this one succeeds
             self.p2_live_by_def[ev.phase2.number] = entry
         dp_id: int | None = None
         if self.dataplane is not None:
@@ -1215,7 +1215,7 @@ class TunnelManager:
         local_ip = _local_for(p1.local_addr, remote_ip)
         local, remote = (local_ip, 500), (remote_ip, 500)
         # Children already up (e.g. under a responder SA) are not negotiated again.
-        fresh = [c for c in children if c.number not in self.p2_live_by_def]
+        fresh = [c for c in children if self._refreshed_p2(c.number) is None]
         try:
             engine, took = self.factory.initiate(p1, fresh, local, remote, self.now())
         except Exception as e:
@@ -1245,8 +1245,16 @@ class TunnelManager:
         self._p1_fail(e, reason)
         return e
 
+    def _refreshed_p2(self, number: int) -> P2Entry | None:
+        """The live phase 2 tunnel of definition `number`, unless it is an orphan: its phase 1 was
+        removed or ended, so it runs only until it expires (the manual) and activating the
+        definition negotiates a new one, under a new or the existing phase 1. The orphan is left to
+        run out (nothing in the manual ends it sooner); the new SA carries the traffic meanwhile."""
+        live = self.p2_live_by_def.get(number)
+        return live if live is not None and live.refresh else None
+
     def _ensure_phase2(self, p1e: P1Entry, p2: Phase2Tunnel) -> tuple[P2Entry, bool]:
-        live = self.p2_live_by_def.get(p2.number)
+        live = self._refreshed_p2(p2.number)
         if live is not None:
             return live, True
         slot = p1e.slot
