@@ -64,6 +64,20 @@ def remember_keys(net: Net, keys: Keys | None = None) -> Keys:
     return keys
 
 
+class KeyLog:
+    """A `drop` for `Net` that loses nothing and records the keys of every IKE SA as its datagrams
+    pass, so messages of SAs that have ended since can still be opened. Set `net` after building it."""
+
+    def __init__(self) -> None:
+        self.net: Net | None = None
+        self.keys: Keys = {}
+
+    def __call__(self, n: int, dg: object) -> bool:
+        if self.net is not None:
+            remember_keys(self.net, self.keys)
+        return False
+
+
 def messages(net: Net, keys: Keys, exchange: int | None = None) -> list[tuple[str, int, bool, list[Payload]]]:
     """(sender "i"/"r", exchange, is a response, payloads) of every message on the wire, SK opened and
     SKF fragments reassembled; retransmissions appear again."""

@@ -25,6 +25,9 @@ Settings read from `EngineSettings.extra` (all optional):
                                    classic RSA/ECDSA AUTH methods on the peer)
     "rsa_pss": bool             sign with RSASSA-PSS (RFC 7427) with an RSA key (default False: PKCS#1
                                 v1.5, unless the peer signed with PSS); PSS from peers is always accepted
+    "send_cert": str            "ifasked" (default, strongSwan's): our CERT only to a peer that sent
+                                CERTREQ; "always": in every IKE_AUTH with certificates
+    "send_certreq": bool        send CERTREQ for the configured CA (default True)
 """
 
 from __future__ import annotations

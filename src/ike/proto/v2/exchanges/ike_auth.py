@@ -4,6 +4,9 @@
                         [N(USE_TRANSPORT_MODE)], SAi2, TSi, TSr}  -->
                <--  HDR, SK {IDr, [CERT+], AUTH, [N(USE_TRANSPORT_MODE)], SAr2, TSi, TSr}
 
+CERT goes to a peer that sent CERTREQ (the responder's in IKE_SA_INIT, the initiator's in IKE_AUTH),
+or always with `EngineSettings.extra["send_cert"] = "always"`; our CERTREQ names the configured CAs.
+
 The responder picks the tunnel definition by the initiator's identity (IDi) and checks it with that
 definition's credentials: a pre-shared key, or a certificate chaining to the configured CA whose
 subject or subjectAltName is the identity, and a signature by its key (RFC 7427 or classic methods).
@@ -25,7 +28,7 @@ from ike.proto.v2.payloads import auth as am
 from ike.proto.v2.payloads import notify as n
 from ike.proto.v2.payloads.auth import AuthPayload
 from ike.proto.v2.payloads.base import Payload
-from ike.proto.v2.payloads.cert import X509_SIGNATURE, CertPayload
+from ike.proto.v2.payloads.cert import X509_SIGNATURE, CertPayload, CertReqPayload
 from ike.proto.v2.payloads.header import IKE_AUTH
 from ike.proto.v2.payloads.id import IdiPayload, IdPayload, IdrPayload
 from ike.proto.v2.payloads.message import Message
@@ -56,12 +59,14 @@ def own_auth(eng: Ikev2Engine, sa: IkeSa, p1: Phase1Tunnel, id_body: bytes) -> l
     # RSASSA-PSS when configured, or in kind to a peer that signed with it (it may accept nothing else).
     pss = bool(eng.settings.extra.get("rsa_pss", False)) or sa.peer_pss
     m, data = a.sign_auth(key, octets, sa.peer_hashes, pss=pss)
-    from cryptography.hazmat.primitives.serialization import Encoding
+    out: list[Payload] = []
+    # As strongSwan's default send_cert = ifasked: a peer that sent no CERTREQ has our certificate
+    # configured and needs none; "send_cert": "always" sends it regardless.
+    if sa.peer_wants_cert or eng.settings.extra.get("send_cert") == "always":
+        from cryptography.hazmat.primitives.serialization import Encoding
 
-    return [
-        CertPayload(encoding=X509_SIGNATURE, data=cert.public_bytes(Encoding.DER)),
-        AuthPayload(method=m, data=data),
-    ]
+        out.append(CertPayload(encoding=X509_SIGNATURE, data=cert.public_bytes(Encoding.DER)))
+    return [*out, AuthPayload(method=m, data=data)]
 
 
 def verify_peer(
@@ -225,6 +230,8 @@ def process_r(eng: Ikev2Engine, sa: IkeSa, msg: Message, now: float) -> Reply:
         )
         return _auth_failed(eng, sa, now)
     sa.phase1 = p1
+    # The initiator's CERTREQ comes in IKE_AUTH (RFC 7296 §1.2); one in IKE_SA_INIT counts too.
+    sa.peer_wants_cert = sa.peer_wants_cert or msg.get(CertReqPayload) is not None
     if sa.proposal not in p1.policy.proposals:
         from ike.proto.v2 import proposals as props
 

@@ -93,7 +93,7 @@ def read_capabilities(sa: IkeSa, msg: Message) -> None:
 
 
 def certreq_payloads(eng: Ikev2Engine, auth: AuthMethod, ca_file: str | None) -> list[Payload]:
-    if auth is AuthMethod.PSK or not ca_file:
+    if auth is AuthMethod.PSK or not ca_file or not eng.settings.extra.get("send_certreq", True):
         return []
     keyids = eng.ca_keyids(ca_file)
     return [CertReqPayload(data=b"".join(keyids))] if keyids else []
