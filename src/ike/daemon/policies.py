@@ -210,11 +210,21 @@ class IndexedPolicies:
 
     def by_remote_id(self, remid: str, phase: int | None) -> list[ActivationTarget]:
         """A group name (one tunnel per member), a phase 1 ID, or a phase 2 ID."""
+        return self._resolve_remid(remid, phase, ())
+
+    def _resolve_remid(self, remid: str, phase: int | None, path: tuple[str, ...]) -> list[ActivationTarget]:
         group = self.groups.get(remid)
         if group is not None:
+            if remid in path:
+                # A member naming the group itself, or a group further up: it would never end.
+                cycle = " -> ".join((*path[path.index(remid) :], remid))
+                raise LookupError_(
+                    f"group {remid!r} contains itself ({cycle}); remove that member from the group "
+                    "in the database (ikedb put), then activate again"
+                )
             out: list[ActivationTarget] = []
             for member in group.members:
-                out.extend(self.by_remote_id(member, phase))
+                out.extend(self._resolve_remid(member, phase, (*path, remid)))
             if not out:
                 raise LookupError_(f"group {remid!r} has no members")
             return out

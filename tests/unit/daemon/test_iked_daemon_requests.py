@@ -16,6 +16,8 @@ from test_iked_manager import Net, settle
 
 from ike.daemon.control import RequestError
 from ike.daemon.main import Daemon, parse_args
+from ike.daemon.policies import IndexedPolicies
+from ike.policy import Group
 
 
 @pytest.fixture
@@ -69,3 +71,16 @@ def test_wait_returns_outcomes(daemon: Any) -> None:
     assert out["timed_out"] is False
     got = [(r["phase"], r["state"]) for r in out["results"]]
     assert got == [(1, "established"), (2, "established"), (2, "established")]
+
+
+def test_a_group_cycle_is_a_clear_refusal_not_an_internal_error(daemon: Any) -> None:
+    d, net = daemon
+    pol = net.a.policies
+    net.a.policies = IndexedPolicies(
+        pol.p1_by_number.values(),
+        pol.p2_by_number.values(),
+        [Group("ring", ("198.18.0.2", "ring2")), Group("ring2", ("ring",))],
+    )
+    with pytest.raises(RequestError, match=r"group 'ring' contains itself \(ring -> ring2 -> ring\)"):
+        net.loop.run_until_complete(d.handle("activate", {"remid": "ring"}))
+    assert not net.a.p1  # nothing was started for the members before the cycle

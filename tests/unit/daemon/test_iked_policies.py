@@ -130,6 +130,31 @@ def test_remid_forms(pol: IndexedPolicies) -> None:
         pol.by_remote_id("nobody.example", None)
 
 
+@pytest.mark.parametrize(
+    ("groups", "start", "cycle"),
+    [
+        ([Group("g", ("g",))], "g", "g -> g"),
+        ([Group("ga", ("198.18.0.2", "gb")), Group("gb", ("ga",))], "ga", "ga -> gb -> ga"),
+        # the cycle further down is named from where it closes, not from the group asked for
+        ([Group("top", ("gx",)), Group("gx", ("gy",)), Group("gy", ("gx",))], "top", "gx -> gy -> gx"),
+    ],
+)
+def test_group_cycles_are_refused_naming_the_cycle(groups: list[Group], start: str, cycle: str) -> None:
+    pol = IndexedPolicies([p1(1, "198.18.0.1", "198.18.0.2", "198.18.0.2")], [], groups)
+    with pytest.raises(LookupError_) as ei:
+        pol.by_remote_id(start, None)
+    assert f"({cycle})" in str(ei.value) and "contains itself" in str(ei.value)
+
+
+def test_nested_groups_without_a_cycle_still_resolve(pol: IndexedPolicies) -> None:
+    # the same group reached twice (a diamond) is not a cycle
+    pol.groups.update(
+        {"left": Group("left", ("all-peers",)), "right": Group("right", ("all-peers",))},
+    )
+    pol.groups["both"] = Group("both", ("left", "right"))
+    assert [t.phase1.number for t in pol.by_remote_id("both", None)] == [1, 3, 1, 3]
+
+
 def test_ipaddr_and_names(pol: IndexedPolicies) -> None:
     t = pol.by_addresses("198.18.0.1", "198.18.0.2", 2)
     assert [(x.phase1.number, [c.number for c in x.phase2]) for x in t] == [(1, [11, 12])]
