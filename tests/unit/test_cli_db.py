@@ -190,7 +190,7 @@ def run_as(user: str | None, *argv: str, db: Path) -> subprocess.CompletedProces
 def test_non_root_is_refused(db: Path) -> None:
     for argv in (["cmd=list", "db"], ["cmd=remove", "db", "all"], ["cmd=activate"]):
         r = run_as("nobody", *argv, db=db)
-        assert r.returncode == 1, r.stderr
+        assert r.returncode == 4, r.stderr
         assert "you must have root access to use the ike command" in r.stderr and r.stdout == ""
     with Store(db) as s:
         assert len(s.phase1_tunnels()) == 2

@@ -9,6 +9,7 @@ import sys
 from ike.cli.grammar import USAGE, UsageError, parse
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+EXIT_NOT_ROOT = 4  # as ike.cli.active's (3 is iked not running): the same for db and daemon commands
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     if os.geteuid() != 0:
         print("ike: you must have root access to use the ike command (run it as root)", file=sys.stderr)
-        return EXIT_FAIL
+        return EXIT_NOT_ROOT
     try:
         if command.db:
             from ike.cli.dblist import run_db

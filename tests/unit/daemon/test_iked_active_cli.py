@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from test_iked_manager import Net, settle
 
+from harness import require_root, require_tools
 from ike.cli import active
 from ike.cli.grammar import parse
 from ike.daemon import client
@@ -62,6 +65,27 @@ def test_client_errors_become_messages_and_exit_codes(exc: Exception, code: int)
     out, err = io.StringIO(), io.StringIO()
     assert active.run(parse(["cmd=list"]), FakeDaemonError(exc), out, err) == code
     assert str(exc) in err.getvalue() and out.getvalue() == ""
+
+
+@pytest.mark.parametrize("argv", [["cmd=list"], ["cmd=activate", "numlist=1"], ["cmd=remove", "all"], ["cmd=log"]])
+def test_non_root_gets_exit_4_before_the_daemon_is_asked(argv: list[str], tmp_path: Path) -> None:
+    """docs/daemon.md: exit 4 when the caller is not root. With no daemon at IKE_RUNDIR, a check
+    made any later would give 3 (not running) instead."""
+    require_root()
+    require_tools("setpriv")
+    os.chmod(tmp_path, 0o755)
+    src = str(Path(active.__file__).resolve().parents[2])
+    as_nobody = ["setpriv", "--reuid", "nobody", "--regid", "nogroup", "--clear-groups"]
+    r = subprocess.run(
+        [*as_nobody, sys.executable, "-m", "ike.cli.main", *argv],
+        capture_output=True,
+        text=True,
+        cwd="/",
+        env={"IKE_RUNDIR": str(tmp_path), "IKE_DB": str(tmp_path / "x.db"), "PYTHONPATH": src},
+        timeout=60,
+    )
+    assert r.returncode == 4, (r.returncode, r.stderr)
+    assert "you must have root access to use the ike command" in r.stderr and r.stdout == ""
 
 
 def test_activate_needs_a_selector() -> None:
