@@ -7,13 +7,15 @@ from __future__ import annotations
 import hashlib
 import hmac
 import struct
+from collections.abc import Callable
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 
 from ike.policy import IkeProposal
+from ike.proto.api import Datagram
 from ike.proto.v2.keys import IkeKeys
-from ike.proto.v2.payloads import Payload, decode_chain, decode_outer
+from ike.proto.v2.payloads import Payload, decode_chain, decode_outer, encode_chain, encode_plain
 
 from .harness import Net
 
@@ -105,3 +107,44 @@ def messages(net: Net, keys: Keys, exchange: int | None = None) -> list[tuple[st
             out.append((side, h.exchange, h.is_response, decode_chain(got[1][0], whole)))
             got.clear()
     return out
+
+
+Edit = Callable[[list[Payload]], list[Payload]]
+
+
+def tamper(net: Net, to: str, exchange: int, response: bool, edit: Edit) -> list[list[Payload]]:
+    """Rewrite the next message of `exchange` (a request, or a response) on its way to side `to`
+    ("i" or "r"): `edit` gets its payloads and returns the ones to send. An SK message is opened
+    with `sk_open` and sealed again with the sender's own keys, so it arrives intact but altered, as
+    from a peer that built it so. Returns the list of edited messages' original payloads (empty
+    until it has happened)."""
+    sender = net.i if to == "r" else net.r
+    deliver = net.deliver_to_r if to == "r" else net.deliver_to_i
+    seen: list[list[Payload]] = []
+
+    def hook(dg: Datagram) -> None:
+        h, outer = decode_outer(dg.data)
+        if seen or h.exchange != exchange or h.is_response != response:
+            deliver(dg)
+            return
+        if dg.data[16] != 46:
+            assert dg.data[16] != 53, "tamper() needs unfragmented messages (fragment_size=0)"
+            seen.append(outer)
+            deliver(Datagram(encode_plain(h, edit(list(outer))), dg.local, dg.remote))
+            return
+        assert sender.engine is not None
+        from_i = bool(h.flags & 0x08)
+        sa = sender.engine._sas[h.spi_i if from_i else h.spi_r]
+        assert sa.keys is not None and sa.proposal is not None and sa.out is not None
+        ek, ak = (sa.keys.sk_ei, sa.keys.sk_ai) if from_i else (sa.keys.sk_er, sa.keys.sk_ar)
+        first, inner = sk_open(dg.data, sa.proposal.encr, ek, sa.proposal.integ, ak)
+        payloads = decode_chain(first, inner)
+        seen.append(payloads)
+        first, inner = encode_chain(edit(list(payloads)))
+        deliver(Datagram(sa.out.seal(h, first, inner), dg.local, dg.remote))
+
+    if to == "r":
+        net.deliver_to_r = hook  # type: ignore[method-assign]
+    else:
+        net.deliver_to_i = hook  # type: ignore[method-assign]
+    return seen
