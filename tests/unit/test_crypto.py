@@ -225,3 +225,10 @@ def test_dh_agreement(group: int) -> None:
 def test_dh_rejects_invalid_peer_values(group: int, bad: bytes) -> None:
     with pytest.raises(CryptoError):
         DhPrivate(group).shared(bad)
+
+
+def test_weak_entries_are_the_legacy_ones() -> None:
+    from ike.proto.transforms import ENCR, INTEG, PRF
+
+    weak = {n for t in (ENCR, INTEG, PRF) for n, e in t.items() if e.weak} | {g.name for g in DH.values() if g.weak}
+    assert weak == {"3des-cbc", "hmac-md5-96", "hmac-md5", "modp1024", "modp1536"}

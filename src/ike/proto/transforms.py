@@ -5,9 +5,11 @@ IKEv2 transform IDs (RFC 7296 §3.3.2, IANA "IKEv2 Parameters"); IKEv1 phase 1 a
 (RFC 2409 appendix A, RFC 3602, RFC 4868); IPsec DOI ESP transform IDs and auth algorithm
 attributes (RFC 2407 §4.4.4 and §4.5, RFC 4106, RFC 4868). None means "not defined for that version".
 
-`weak` entries are accepted only when a policy names them explicitly: they are never defaults and the
-checks below refuse them in a proposal unless the caller says the policy was explicit (the database
-stores exactly what the administrator wrote, so every stored proposal is explicit).
+`weak` marks the entries kept for old peers only (MODP-1024/1536, 3DES, MD5; RFC 8247 says not to use
+them). They are used only when a definition names them, because nothing is ever proposed by default:
+the database, the XML and the policy model hold exactly the proposals an administrator wrote, and the
+engines offer and accept only those. So the checks below do not refuse weak entries and no code reads
+the flag to decide anything; it records which entries docs/database.md lists as weak.
 """
 
 from __future__ import annotations

@@ -98,6 +98,24 @@ def test_esp_transforms(prop: EspProposal) -> None:
     assert a.inbound.enc_key != a.outbound.enc_key
 
 
+def test_weak_transform_only_when_the_definition_names_it() -> None:
+    """MODP-1024 (group 2) offered first by a peer is not taken by a responder whose definition does
+    not name it, and a peer offering nothing else gets NO_PROPOSAL_CHOSEN (transforms.weak)."""
+    weak = IkeProposal("aes-cbc", 128, "hmac-sha2-256-128", "hmac-sha2-256", 2)
+    strong = IkeProposal("aes-cbc", 128, "hmac-sha2-256-128", "hmac-sha2-256", 14)
+    p1 = phase1(proposals=(weak, strong))
+    net = pair(p1, r_p1=mirror1(p1, policy=phase1(proposals=(strong,)).policy))
+    net.pump()
+    ei, er = established(net)
+    assert ei.proposal == er.proposal == strong
+    p1 = phase1(proposals=(weak,))
+    net = pair(p1, r_p1=mirror1(p1, policy=phase1(proposals=(strong,)).policy))
+    net.pump()
+    assert not net.i.of(IkeSaEstablished)
+    fr = net.r.of(NegotiationFailed)
+    assert fr and fr[0].notify == "NO_PROPOSAL_CHOSEN" and "/dh2" in " ".join(fr[0].peer_offered)
+
+
 def test_responder_chooses_by_its_own_order() -> None:
     a = IkeProposal("aes-cbc", 128, "hmac-sha2-256-128", "hmac-sha2-256", 31)
     b = IkeProposal("aes-gcm-16", 256, None, "hmac-sha2-256", 31)
