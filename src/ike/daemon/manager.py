@@ -256,6 +256,9 @@ class TunnelManager:
         self.p1: dict[int, P1Entry] = {}
         self.p2: dict[int, P2Entry] = {}
         self.p1_live_by_def: dict[int, P1Entry] = {}
+        # (definition, peer address) -> its live tunnel: a definition with a wildcard remote has
+        # one per peer (ipaddr= starts them), p1_live_by_def only the first.
+        self._p1_by_def_peer: dict[tuple[int, str], P1Entry] = {}
         self.p2_live_by_def: dict[int, P2Entry] = {}
         self.p2_by_dp: dict[int, tuple[P2Entry, int]] = {}  # data plane id -> (tunnel, child_id)
         self._next_slot = 1
@@ -569,6 +572,10 @@ class TunnelManager:
         self._established_by_peer.setdefault(peer, set()).add(entry.number)
         if ev.phase1 is not None and ev.phase1.number not in self.p1_live_by_def:
             self.p1_live_by_def[ev.phase1.number] = entry
+        if ev.phase1 is not None:
+            known = self._p1_by_def_peer.get((ev.phase1.number, ev.remote[0]))
+            if known is None or not known.live:
+                self._p1_by_def_peer[(ev.phase1.number, ev.remote[0])] = entry
         if slot.half_open_key is not None:
             self.half_open.pop(slot.half_open_key, None)
             slot.half_open_key = None
@@ -1030,6 +1037,8 @@ class TunnelManager:
     def _unlive_p1(self, e: P1Entry) -> None:
         if e.definition is not None and self.p1_live_by_def.get(e.definition.number) is e:
             del self.p1_live_by_def[e.definition.number]
+        if e.definition is not None and self._p1_by_def_peer.get(key := (e.definition.number, e.remote[0])) is e:
+            del self._p1_by_def_peer[key]
         peers = self._established_by_peer.get((e.remote[0], e.remote_id))
         if peers is not None:
             peers.discard(e.number)
@@ -1175,7 +1184,7 @@ class TunnelManager:
         results: list[dict[str, Any]] = []
         for t in targets:
             wanted = [] if phase == 1 else list(t.phase2)
-            p1e, existed, msg, taken = self._ensure_phase1(t.phase1, wanted)
+            p1e, existed, msg, taken = self._ensure_phase1(t.phase1, wanted, t.toward)
             r1 = _result(1, t.phase1.number, t.phase1.name, p1e, "exists" if existed else msg or "started")
             results.append(r1)
             for p2 in wanted:
@@ -1196,17 +1205,20 @@ class TunnelManager:
                         }
                     )
                     continue
-                p2e, existed2 = self._ensure_phase2(p1e, p2)
+                p2e, existed2 = self._ensure_phase2(p1e, p2, t.toward)
                 results.append(_result(2, p2.number, p2.name, p2e, "exists" if existed2 else "started"))
         return results
 
     def _ensure_phase1(
-        self, p1: Phase1Tunnel, children: list[Phase2Tunnel]
+        self, p1: Phase1Tunnel, children: list[Phase2Tunnel], toward: str | None = None
     ) -> tuple[P1Entry | None, bool, str | None, dict[int, P2Entry]]:
-        """The live phase 1 for `p1`, or a new initiator; also the phase 2 entries for those of
-        `children` the new engine took into its own first exchanges."""
+        """The live phase 1 for `p1` (with `toward`, the one with that peer), or a new initiator;
+        also the phase 2 entries for those of `children` the new engine took into its own first
+        exchanges."""
         live = self.p1_live_by_def.get(p1.number)
-        if live is not None and live.slot is not None and not live.slot.dead:
+        if toward is not None and (live is None or live.remote[0] != toward):
+            live = self._p1_by_def_peer.get((p1.number, toward))
+        if live is not None and live.live and live.slot is not None and not live.slot.dead:
             return live, True, None, {}
         remote_ip = p1.remote_addr.strip()
         if remote_ip in ("", "0.0.0.0", "::"):  # noqa: S104
@@ -1215,7 +1227,7 @@ class TunnelManager:
         local_ip = _local_for(p1.local_addr, remote_ip)
         local, remote = (local_ip, 500), (remote_ip, 500)
         # Children already up (e.g. under a responder SA) are not negotiated again.
-        fresh = [c for c in children if self._refreshed_p2(c.number) is None]
+        fresh = [c for c in children if self._refreshed_p2(c.number, toward) is None]
         try:
             engine, took = self.factory.initiate(p1, fresh, local, remote, self.now())
         except Exception as e:
@@ -1227,6 +1239,7 @@ class TunnelManager:
         self._next_p1 += 1
         self.p1[entry.number] = entry
         self.p1_live_by_def[p1.number] = entry
+        self._p1_by_def_peer[(p1.number, remote_ip)] = entry
         slot.p1_pending = entry
         taken: dict[int, P2Entry] = {}
         for child in took:
@@ -1245,16 +1258,31 @@ class TunnelManager:
         self._p1_fail(e, reason)
         return e
 
-    def _refreshed_p2(self, number: int) -> P2Entry | None:
-        """The live phase 2 tunnel of definition `number`, unless it is an orphan: its phase 1 was
-        removed or ended, so it runs only until it expires (the manual) and activating the
-        definition negotiates a new one, under a new or the existing phase 1. The orphan is left to
-        run out (nothing in the manual ends it sooner); the new SA carries the traffic meanwhile."""
+    def _refreshed_p2(self, number: int, toward: str | None = None) -> P2Entry | None:
+        """The live phase 2 tunnel of definition `number` (with `toward`, with that peer), unless
+        it is an orphan: its phase 1 was removed or ended, so it runs only until it expires (the
+        manual) and activating the definition negotiates a new one, under a new or the existing
+        phase 1. The orphan is left to run out (nothing in the manual ends it sooner); the new SA
+        carries the traffic meanwhile."""
         live = self.p2_live_by_def.get(number)
-        return live if live is not None and live.refresh else None
+        if live is None or not live.refresh:
+            return None
+        if toward is not None and (live.p1 is None or live.p1.remote[0] != toward):
+            return None
+        return live
 
-    def _ensure_phase2(self, p1e: P1Entry, p2: Phase2Tunnel) -> tuple[P2Entry, bool]:
-        live = self._refreshed_p2(p2.number)
+    def _ensure_phase2(self, p1e: P1Entry, p2: Phase2Tunnel, toward: str | None = None) -> tuple[P2Entry, bool]:
+        live = self._refreshed_p2(p2.number, toward)
+        if live is None and toward is not None:
+            # One definition, several peers: p2_live_by_def holds one of them; this tunnel's own.
+            live = next(
+                (
+                    c
+                    for c in p1e.children.values()
+                    if c.live and c.refresh and c.definition and c.definition.number == p2.number
+                ),
+                None,
+            )
         if live is not None:
             return live, True
         slot = p1e.slot

@@ -6,6 +6,7 @@ Built once from the store (and again on `reload`), indexed by everything a peer'
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -53,6 +54,9 @@ class ActivationTarget:
 
     phase1: Phase1Tunnel
     phase2: list[Phase2Tunnel] = field(default_factory=list)
+    # ipaddr= with a definition whose remote address is a wildcard: the peer it is started toward
+    # (phase1 then carries that address). Another peer's tunnel under the same definition is not it.
+    toward: str | None = None
 
 
 class LookupError_(ValueError):
@@ -197,15 +201,45 @@ class IndexedPolicies:
         return list(out.values())
 
     def by_addresses(self, src: str, dst: str, phase: int | None) -> list[ActivationTarget]:
-        cands = self._by_addr.get((_norm(src), _norm(dst)), [])
+        """`ipaddr=src,dst`: the tunnel "set up using those IP addresses" with the policy the
+        database holds for them. The definitions are looked up as a peer's packet would find them
+        (exact pair, then no remote address, then no local address, then neither); a wildcard end
+        is started from/toward the address given. With phase=2, a phase 2 definition whose
+        selectors are exactly those two hosts is preferred to all of a phase 1's phase 2s."""
+        try:
+            local, remote = str(ipaddress.ip_address(src.strip())), str(ipaddress.ip_address(dst.strip()))
+        except ValueError:
+            raise LookupError_(f"ipaddr={src},{dst}: both must be IP addresses (src_addr,dst_addr)") from None
+        cands = self.phase1_by_address(local, remote)
         if not cands:
             raise LookupError_(f"no tunnel in the database between {src} and {dst}; define one, or check the addresses")
+
+        def target(p1: Phase1Tunnel, p2s: Iterable[Phase2Tunnel] = ()) -> ActivationTarget:
+            wild_local, wild_remote = _norm(p1.local_addr) == "", _norm(p1.remote_addr) == ""
+            if wild_local or wild_remote:
+                p1 = dataclasses.replace(
+                    p1,
+                    local_addr=local if wild_local else p1.local_addr,
+                    remote_addr=remote if wild_remote else p1.remote_addr,
+                )
+            return ActivationTarget(p1, list(p2s), toward=remote if wild_remote else None)
+
         if phase == 1:
-            return [ActivationTarget(cands[0])]
+            return [target(cands[0])]
+        if phase == 2:
+            a, b = ipaddress.ip_address(local), ipaddress.ip_address(remote)
+            for p1 in cands:
+                hosts = [
+                    p2
+                    for p2 in self.p2_under.get(p1.number, ())
+                    if p2.local_ts.start == p2.local_ts.end == a and p2.remote_ts.start == p2.remote_ts.end == b
+                ]
+                if hosts:
+                    return [target(p1, hosts)]
         for p1 in cands:
             p2s = self.p2_under.get(p1.number, [])
             if p2s:
-                return [ActivationTarget(p1, list(p2s))]
+                return [target(p1, p2s)]
         raise LookupError_(f"the tunnel between {src} and {dst} has no phase 2 definition")
 
     def by_remote_id(self, remid: str, phase: int | None) -> list[ActivationTarget]:

@@ -159,8 +159,65 @@ def test_ipaddr_and_names(pol: IndexedPolicies) -> None:
     t = pol.by_addresses("198.18.0.1", "198.18.0.2", 2)
     assert [(x.phase1.number, [c.number for c in x.phase2]) for x in t] == [(1, [11, 12])]
     with pytest.raises(LookupError_, match="no tunnel in the database between"):
-        pol.by_addresses("198.18.0.1", "198.18.0.99", None)
+        pol.by_addresses("198.18.0.9", "198.18.0.99", None)  # (198.18.0.1 has a wildcard-remote one)
     assert [x.phase1.number for x in pol.by_names(["p1-3"], 1)] == [3]
     assert [c.number for x in pol.by_names(["p2-11"], 2) for c in x.phase2] == [11]
     with pytest.raises(LookupError_, match="no phase 2 tunnel named 'zz'"):
         pol.by_names(["zz"], 2)
+
+
+def wild_pol() -> IndexedPolicies:
+    return IndexedPolicies(
+        [
+            p1(1, "198.18.0.1", "198.18.0.2", "198.18.0.2"),
+            p1(2, "198.18.0.1", "0.0.0.0", "road@example.net"),  # answers anyone; ipaddr= starts it
+            # no local address
+            Phase1Tunnel(3, "p1-3", Identity.parse("me.example"), Identity.parse("198.18.0.3"), "", "198.18.0.3", KM),
+        ],
+        [
+            p2(11, 1, "198.19.1.0/24", "198.19.2.0/24"),
+            p2(12, 1, "198.18.0.1", "198.18.0.2"),  # host to host, the outer addresses
+            p2(21, 2, "198.19.1.0/24", "198.19.5.0/24"),
+            p2(31, 3, "198.19.1.0/24", "198.19.3.0/24"),
+        ],
+    )
+
+
+def test_ipaddr_falls_back_to_wildcard_definitions_started_toward_the_addresses() -> None:
+    pol = wild_pol()
+    # a wildcard remote: the definition is started toward the address given
+    (t,) = pol.by_addresses("198.18.0.1", "198.18.0.7", 2)
+    assert (t.phase1.number, t.phase1.local_addr, t.phase1.remote_addr, t.toward) == (
+        2,
+        "198.18.0.1",
+        "198.18.0.7",
+        "198.18.0.7",
+    )
+    assert [c.number for c in t.phase2] == [21]
+    assert pol.p1_by_number[2].remote_addr == "0.0.0.0"  # the database's view is left as it is
+    # no local address: started from the one given
+    (t,) = pol.by_addresses("198.18.0.5", "198.18.0.3", 1)
+    assert (t.phase1.number, t.phase1.local_addr, t.phase1.remote_addr, t.toward) == (
+        3,
+        "198.18.0.5",
+        "198.18.0.3",
+        None,
+    )
+    # the exact pair before any wildcard, and its definition unchanged
+    (t,) = pol.by_addresses("198.18.0.1", "198.18.0.2", 1)
+    assert t.phase1 is pol.p1_by_number[1] and t.toward is None
+    # spellings of the same address find it too
+    assert pol.by_addresses("198.18.0.1", " 198.18.0.2", 1)[0].phase1.number == 1
+    with pytest.raises(LookupError_, match="both must be IP addresses"):
+        pol.by_addresses("198.18.0.1", "gw.example", 1)
+
+
+def test_ipaddr_phase2_prefers_the_host_to_host_definition() -> None:
+    pol = wild_pol()
+    (t,) = pol.by_addresses("198.18.0.1", "198.18.0.2", 2)
+    assert [c.number for c in t.phase2] == [12]
+    # without phase=2 (both phases), or when no phase 2 is exactly those hosts: all of them
+    (t,) = pol.by_addresses("198.18.0.1", "198.18.0.2", None)
+    assert [c.number for c in t.phase2] == [11, 12]
+    (t,) = pol.by_addresses("198.18.0.1", "198.18.0.7", 2)
+    assert [c.number for c in t.phase2] == [21]
