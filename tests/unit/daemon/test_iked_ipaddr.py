@@ -14,7 +14,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from test_iked_real_engines import PSK, A, B, engines_present
+from test_iked_real_engines import PSK, A, B, require_engine
 
 from ike.daemon.engines import RealEngines
 from ike.daemon.manager import TunnelManager
@@ -76,8 +76,7 @@ class Pair:
 
 @pytest.fixture(params=[1, 2], ids=["v1", "v2"])
 def pair(request: pytest.FixtureRequest) -> Iterator[Pair]:
-    if not engines_present(request.param):
-        pytest.fail(f"IKEv{request.param} engine missing from this checkout")
+    require_engine(request.param)
     loop = asyncio.new_event_loop()
     try:
         yield Pair(loop, request.param)

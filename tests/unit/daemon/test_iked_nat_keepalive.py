@@ -15,7 +15,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from test_iked_real_engines import A, B, defs, engines_present
+from test_iked_real_engines import A, B, defs, require_engine
 
 from ike.daemon.engines import RealEngines
 from ike.daemon.manager import TunnelManager
@@ -72,8 +72,7 @@ class NatNet:
 @pytest.mark.parametrize("version", [1, 2])
 @pytest.mark.parametrize("nat", [True, False], ids=["nat", "no-nat"])
 def test_keepalives_only_from_behind_the_nat(version: int, nat: bool) -> None:
-    if not engines_present(version):
-        pytest.skip(f"IKEv{version} engine not in this checkout")
+    require_engine(version)
     loop = asyncio.new_event_loop()
     try:
         net = NatNet(loop, version, nat)

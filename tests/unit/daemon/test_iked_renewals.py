@@ -18,7 +18,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from test_iked_real_engines import A, B, defs, engines_present
+from test_iked_real_engines import A, B, defs, require_engine
 from virtual_time import VirtualTimeLoop
 
 from ike.daemon.engines import RealEngines
@@ -66,8 +66,7 @@ class ShortNet:
 @pytest.fixture(params=[1, 2], ids=["v1", "v2"])
 def net(request: pytest.FixtureRequest) -> Iterator[ShortNet]:
     version: int = request.param
-    if not engines_present(version):
-        pytest.fail(f"IKEv{version} engine missing from this checkout")
+    require_engine(version)
     loop = VirtualTimeLoop()
     try:
         yield ShortNet(loop, version)
