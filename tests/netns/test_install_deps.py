@@ -25,6 +25,7 @@ PACKAGE_OF = {
     "ping": "iputils-ping",
     "tcpdump": "tcpdump",
     "unshare": "util-linux",
+    "setpriv": "util-linux",
     "strace": "strace",
     "iperf3": "iperf3",
     "nft": "nftables",
