@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import json
+import re
 import sys
 import time
 from collections.abc import Iterator
@@ -97,8 +98,8 @@ def hosts(request: pytest.FixtureRequest) -> Iterator[tuple[Host, Host]]:
         yield ab
 
 
-def listing(d: Iked) -> list[dict[str, Any]]:
-    tunnels: list[dict[str, Any]] = json.loads(d.ike("cmd=list", "format=json").stdout)["tunnels"]
+def listing(d: Iked, *args: str) -> list[dict[str, Any]]:
+    tunnels: list[dict[str, Any]] = json.loads(d.ike("cmd=list", "format=json", *args).stdout)["tunnels"]
     return tunnels
 
 
@@ -253,3 +254,94 @@ def test_matrix(
         if shape == "subnet":
             assert not reaches(a, src, dst)  # the tunnel was the only way
         assert ia.alive() and ib.alive()
+
+
+# --- lifetimes, ESN, default listen -------------------------------------------------------------------
+
+
+def esp_options(xml: str, kb: int | None = None, esn: bool = False) -> str:
+    """Tunnel.xml() with a phase 2 lifetime in KB and/or ESN on its ESP transforms."""
+    if kb is not None:
+        xml, n = re.subn(r'(IPSec_KeyRefreshSeconds="\d+")', rf'\1 IPSec_KeyRefreshKB="{kb}"', xml)
+        assert n == 1, xml
+    if esn:
+        xml, n = re.subn(r"<IPSecESPProtocol ", '<IPSecESPProtocol ESP_ExtendedSeqNum="Yes" ', xml)
+        assert n >= 1, xml
+    return xml
+
+
+def child_of(d: Iked) -> dict[str, Any]:
+    (t,) = [t for t in listing(d, "verbose") if t["state"] == "established"]
+    (c,) = t["phase2"]
+    assert c["state"] == "established", c
+    return dict(c)
+
+
+def up(ia: Iked, ib: Iked, ta: Tunnel, tb: Tunnel, **opts: Any) -> None:
+    ia.put(esp_options(ta.xml(), **opts))
+    ib.put(esp_options(tb.xml(), **opts))
+    out = ia.ike("cmd=activate", "phase=2", "numlist=1", "wait")
+    assert "phase 2 tunnel m-child (database tunnel 1): established" in out.stdout, out.stdout + ia.log(40)
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_kb_lifetime_rekeys_under_traffic(hosts: tuple[Host, Host], tmp_path: Path, version: int) -> None:
+    # 100 KB per SA, time lifetime an hour: only the bytes can bring the rekeys. 250 pings of 1 KB
+    # each way use up more than two SAs; at most a few may be lost while they change.
+    a, b = hosts
+    ta, tb = tunnels_for(a, b, version, "psk", "subnet", tmp_path)
+    with Iked(a) as ia, Iked(b) as ib:
+        up(ia, ib, ta, tb, kb=100)
+        before = child_of(ia)
+        assert (before["lifetime_kb"], before["rekeys"]) == (100, 0), before
+        flood = a.run(
+            ["ping", "-n", "-q", "-c", "250", "-i", "0.005", "-s", "1000", "-I", a.inner4, b.inner4],
+            check=False,
+            timeout=30,
+        )
+        got = re.search(r"(\d+) packets transmitted, (\d+) received", flood.stdout)
+        assert got, flood.stdout + flood.stderr
+        assert int(got[2]) >= int(got[1]) - 3, flood.stdout + ia.log(40)
+        after = child_of(ia)
+        assert after["rekeys"] >= 2 and after["tunnel"] == before["tunnel"], json.dumps(after) + ia.log(40)
+        assert after["spi_in"] != before["spi_in"] and after["lifetime_kb"] == 100, after
+        assert "reached its soft lifetime" in ia.log(200) + ib.log(200)
+        assert child_of(ib)["rekeys"] >= 1
+        assert a.ping(b.inner4, count=3, src=a.inner4).returncode == 0, ia.log(40)
+        assert ia.alive() and ib.alive()
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_esn_negotiated_and_carrying_traffic(hosts: tuple[Host, Host], tmp_path: Path, version: int) -> None:
+    # Both data planes must agree on ESN (it is in the AEAD's AAD): traffic only passes if they do.
+    a, b = hosts
+    ta, tb = tunnels_for(a, b, version, "psk", "subnet", tmp_path)
+    with Iked(a) as ia, Iked(b) as ib:
+        up(ia, ib, ta, tb, esn=True)
+        for d in (ia, ib):
+            assert child_of(d)["proposal"].endswith("/esn"), child_of(d)
+        assert "aes-gcm-16-256/esn" in ia.ike("cmd=list", "verbose").stdout
+        assert a.ping(b.inner4, count=3, src=a.inner4).returncode == 0, ia.log(40)
+        tcp_transfer(a, b, a.inner4, b.inner4)
+        assert child_of(ia)["bytes_out"] >= TCP_BYTES
+
+
+def test_default_wildcard_listen_with_auto_dataplane(hosts: tuple[Host, Host], tmp_path: Path) -> None:
+    # As the systemd unit runs it: no --listen (0.0.0.0 and ::) and --dataplane auto. Through a NAT,
+    # so ESP-in-UDP arrives on the wildcard port-4500 sockets iked reads itself, both ways.
+    a, b = hosts
+    ta, tb = tunnels_for(a, b, 2, "psk", "subnet", tmp_path)
+    nat_source_ports(a)
+    with Iked(a, dataplane="auto", listen=[]) as ia, Iked(b, dataplane="auto", listen=[]) as ib:
+        for d in (ia, ib):
+            log = d.log(50)
+            assert "listening on 0.0.0.0,:: ports 500/4500" in log, log
+            assert "data plane XfrmDataPlane" in log or "using userspace ESP over TUN" in log, log
+        with capture(b, "veth0", "ip") as cap:
+            up(ia, ib, ta, tb)
+            assert a.ping(b.inner4, count=3, src=a.inner4).returncode == 0, ia.log(40)
+            tcp_transfer(a, b, a.inner4, b.inner4)
+        assert cap.kinds() - {"natt-keepalive"} == {"ike", "esp-in-udp"}, cap.kinds()
+        c = child_of(ia)
+        assert c["udp_encap"] is True and (c["local"], c["remote"]) == (a.outer4, b.outer4), c
+        assert child_of(ib)["bytes_in"] >= TCP_BYTES
