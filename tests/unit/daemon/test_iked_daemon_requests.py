@@ -4,6 +4,7 @@ manager behind it is left as it was."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import sys
 from pathlib import Path
 from typing import Any
@@ -84,3 +85,24 @@ def test_a_group_cycle_is_a_clear_refusal_not_an_internal_error(daemon: Any) -> 
     with pytest.raises(RequestError, match=r"group 'ring' contains itself \(ring -> ring2 -> ring\)"):
         net.loop.run_until_complete(d.handle("activate", {"remid": "ring"}))
     assert not net.a.p1  # nothing was started for the members before the cycle
+
+
+def test_activate_autostart_starts_the_autostart_definitions_only(daemon: Any) -> None:
+    d, net = daemon
+    with pytest.raises(RequestError, match="no tunnel in the database is marked autostart"):
+        net.loop.run_until_complete(d.handle("activate", {"autostart": True}))
+    assert not net.a.p1
+    pol = net.a.policies
+    p2s = [dataclasses.replace(p, autostart=p.number == 11) for p in pol.p2_by_number.values()]
+    net.a.policies = IndexedPolicies(pol.p1_by_number.values(), p2s, pol.groups.values())
+    out = net.loop.run_until_complete(d.handle("activate", {"autostart": True, "wait": True, "timeout": 5}))
+    # phase 2 tunnel 11 is marked autostart: it brings its phase 1; 10 is not started
+    assert [(r["phase"], r["db"], r["state"]) for r in out["results"]] == [
+        (1, 1, "established"),
+        (2, 11, "established"),
+    ]
+    (t,) = net.a.listing("1+", None, None)["tunnels"]
+    assert [c["db"] for c in t["phase2"]] == [11]
+    # again: what is up exists
+    out = net.loop.run_until_complete(d.handle("activate", {"autostart": True}))
+    assert [r["status"] for r in out["results"]] == ["exists", "exists"]
