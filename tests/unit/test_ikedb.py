@@ -302,6 +302,19 @@ BAD = [
         "already in the database; use -F",
     ),
     ("<AIX_VPN>\n<IKEGroup IKE_GroupName='g'/></AIX_VPN>", 2, "at least one member"),
+    # A member naming a group stands for its members; a chain back to the group would never end.
+    (
+        "<AIX_VPN>\n<IKEGroup IKE_GroupName='g'><IKEGroupMember Value='g'/></IKEGroup></AIX_VPN>",
+        2,
+        "contains itself (g -> g)",
+    ),
+    (
+        "<AIX_VPN>\n<IKEGroup IKE_GroupName='ga'><IKEGroupMember Value='198.18.0.2'/>"
+        "<IKEGroupMember Value='gb'/></IKEGroup>\n"
+        "<IKEGroup IKE_GroupName='gb'><IKEGroupMember Value='ga'/></IKEGroup></AIX_VPN>",
+        2,
+        "contains itself (ga -> gb -> ga)",
+    ),
     # Identities are parsed as what their type says they are; group members as remote IDs.
     (
         "<AIX_VPN>\n<IKEGroup IKE_GroupName='g'>\n<IKEGroupMember Value='198.18.0.2'/>\n"

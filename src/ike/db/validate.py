@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Sequence
 
 from ike.db.model import DM_POLICY, GROUP, KM_POLICY, PHASE1, PHASE2, PSK, Definitions
 from ike.policy import AuthMethod, DataManagementPolicy, Identity, IdType, PolicyError, TrafficSelector
@@ -110,6 +111,28 @@ def identity_problem(ident: Identity) -> str | None:
             except ValueError:
                 return f"key id {v!r} is not hexadecimal after 0x (an even number of 0-9, a-f)"
     return None
+
+
+def _group_cycles(members: dict[str, Sequence[str]]) -> list[tuple[str, list[str]]]:
+    """Each group from which a chain of member groups leads back to itself, with that chain: a member
+    that names a group stands for that group's members (as `remid=` expands it)."""
+    out: list[tuple[str, list[str]]] = []
+    for start in members:
+        path, seen = [start], {start}  # seen: each group is explored once per start
+        stack = [iter(members[start])]
+        while stack:
+            m = next(stack[-1], None)
+            if m is None:
+                stack.pop()
+                path.pop()
+            elif m == start:
+                out.append((start, [*path, start]))
+                break
+            elif m in members and m not in seen:
+                seen.add(m)
+                path.append(m)
+                stack.append(iter(members[m]))
+    return out
 
 
 def member_problem(text: str) -> str | None:
@@ -250,6 +273,9 @@ def check_definitions(defs: Definitions) -> Problems:
         for m in g.members:
             if (msg := member_problem(m)) is not None:
                 bad(GROUP, g.name, f"member {msg}")
+    for name, cycle in _group_cycles({g.name: g.members for g in defs.groups}):
+        chain = " -> ".join(cycle)
+        bad(GROUP, name, f"the group contains itself ({chain}): remid={name} would never end; remove a member")
 
     seen_ids: set[tuple[IdType, str]] = set()
     for k in defs.psks:
