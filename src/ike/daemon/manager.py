@@ -1156,9 +1156,10 @@ class TunnelManager:
 
     def feed_liveness(self) -> None:
         """Tell engines when their peer's ESP last arrived, so that DPD probes only idle peers
-        (RFC 3706). Runs every LIVENESS_FEED_S over the live phase 2 tunnels, not per packet."""
+        (RFC 3706). Runs every LIVENESS_FEED_S over the live phase 2 tunnels, not per packet: all of
+        them, since a definition with a wildcard remote has one per peer (p2_live_by_def one)."""
         if self.dataplane is not None:
-            for entry in list(self.p2_live_by_def.values()):
+            for entry in [e for e in self.p2.values() if e.live]:
                 slot = entry.slot
                 seen = getattr(slot.engine, "traffic_seen", None) if slot is not None else None
                 if not callable(seen) or entry.dp_id is None:
