@@ -39,9 +39,7 @@ def test_first_message_lost_is_retransmitted(mode: str) -> None:
 def test_a_third_of_datagrams_dropped(mode: str, seed: int, pfs: int) -> None:
     a1, a2, b1, b2 = basic(mode=mode, pfs=pfs)
     p = Pair(a1, [a2], policies_b(b1, b2), settings=EngineSettings(retransmit_tries=8), start=False)
-    # Random, not every other one: a lost final message (sent once) is resent only when the peer
-    # retransmits the message it answers, and a loss pattern in step with the fake clock's timers
-    # would lose that answer every time.
+    # Seeded random loss; every other datagram lost (both parities) is in test_strict_loss.py.
     rng = random.Random(seed)
     p.drop = lambda i, to, dg: rng.random() < 1 / 3
     if rng.random() < 1 / 3:
@@ -74,8 +72,16 @@ def test_gives_up_after_retransmissions() -> None:
     p.run(until=p.now + 100)
     f = p.events("a", NegotiationFailed)
     assert len(f) == 1 and "3 retransmissions" in f[0].reason
-    assert p.sent == 4  # first try + 3 retransmissions
-    # backoff: 1, 2, 4 s apart, given up after another 8 s
+    assert p.sent == 7  # first try + 3 retransmissions of two copies each
+    sent_at: list[float] = []
+    p2 = Pair(a1, [a2], policies_b(b1, b2), settings=s, start=False)
+    p2.drop = lambda i, to, dg: sent_at.append(p2.now) is None  # lose everything, note when it went
+    p2.wire.clear()
+    t0 = p2.now
+    p2.run(until=p2.now + 100)
+    # backoff: 1, 2, 4 s apart (two copies back to back each time), given up after another 8 s
+    assert [t - t0 for t in sent_at] == [1, 1, 3, 3, 7, 7]
+    assert p2.now - t0 == 15 and p2.events("a", NegotiationFailed)
     assert p.a.get_timer() is None
     assert p.events("a", SpiRemoved) and p.a.finished
 

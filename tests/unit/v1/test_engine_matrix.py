@@ -86,9 +86,7 @@ def test_whole_life(pki: Pki, mode: str, auth: str) -> None:
 def test_a_third_of_datagrams_lost(pki: Pki, mode: str, auth: str, seed: int) -> None:
     a1, a2, b1, b2 = _tunnels(pki, mode, auth)
     p = Pair(a1, [a2], policies_b(b1, b2), settings=EngineSettings(retransmit_tries=8))
-    # Random, not every other one: a lost final message (sent once) is resent only when the peer
-    # retransmits the message it answers, and a loss pattern in step with the fake clock's timers
-    # would lose that answer every time.
+    # Seeded random loss; every other datagram lost (both parities) is in test_strict_loss.py.
     rng = random.Random(seed)
     p.drop = lambda i, to, dg: rng.random() < 1 / 3
     if rng.random() < 1 / 3:

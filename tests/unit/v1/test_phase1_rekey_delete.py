@@ -9,7 +9,7 @@ from dataclasses import replace
 import pytest
 
 from ike.policy import Phase2Tunnel
-from ike.proto.api import ChildSaDeleted, EngineSettings, IkeSaDeleted, IkeSaEstablished
+from ike.proto.api import ChildSaDeleted, EngineSettings, IkeSaDeleted, IkeSaEstablished, SpiRemoved
 from ike.proto.v1.engine import REKEYED_DELETE_DELAY_S
 
 from .pair import Pair, basic, mirror, phase2, policies_b
@@ -65,3 +65,40 @@ def test_grace_period_setting_and_retired_sa_starts_nothing() -> None:
     assert len(new_b.child_ids()) == 1
     t_del = _step_until(p, lambda: bool(p.events("a", IkeSaDeleted)))
     assert 1.75 <= t_del - t_new <= 2.5
+
+
+@pytest.mark.parametrize("mode", ["main", "aggressive"])
+def test_lost_delete_of_the_rekeyed_sa_is_sent_again_when_the_peer_uses_it(mode: str) -> None:
+    """The old SA's Delete lost: b's DPD on that SA, which a no longer has, would find no one
+    answering and take b's phase 2 SAs down. a keeps the deleted SA until it would have expired and
+    answers with the Delete again; b then drops only the ISAKMP SA."""
+    p, _ = _rekeyed_pair(mode)
+    old_b = p.b
+    assert old_b is not None
+    t_new = _step_until(p, lambda: len(p.events("a", IkeSaEstablished)) == 2)
+    old_cookie = p.events("a", IkeSaEstablished)[0].spi_i
+    lost: list[bytes] = []
+
+    def drop(i: int, to: str, dg: object) -> bool:
+        data = dg.data  # type: ignore[attr-defined]
+        # a's informationals under the old SA around the end of the grace period: its Delete (and
+        # perhaps an ACK for b's DPD); the first copy of each
+        near = abs(p.now - t_new - REKEYED_DELETE_DELAY_S) < 0.5
+        if to == "b" and data[18] == 5 and data[:8] == old_cookie and near and data not in lost:
+            lost.append(data)
+            return True
+        return False
+
+    p.drop = drop
+    _step_until(p, lambda: bool(p.events("a", IkeSaDeleted)))
+    p.advance(45)  # b's DPD (30 s) on the old SA: answered with the Delete
+    assert not old_b.is_established()
+    assert [e.reason for e in p.events("b", IkeSaDeleted)] == ["deleted by peer"]
+    assert not p.events("b", ChildSaDeleted) and old_b.child_ids()
+    sent = [dg.data for to, dg in p.log if to == "b"]
+    (delete,) = [d for d in lost if sent.count(d) > 1]
+    assert sent.count(delete) == 3  # once (lost), then twice back to back for b's R-U-THERE
+    # a keeps the route to the deleted SA until it would have expired (1000 s after it began)
+    assert old_cookie not in [e.spi for e in p.events("a", SpiRemoved)]
+    p.advance(200)
+    assert old_cookie in [e.spi for e in p.events("a", SpiRemoved)]

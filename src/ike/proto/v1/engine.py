@@ -15,8 +15,13 @@ retransmission for that engine; anything else with CKY-R zero goes to `Ikev1Engi
 Rules carried out here:
 - Nothing raises out of a public method; bad datagrams become `PacketDropped` events.
 - Retransmission: a message that waits for an answer is resent after `retransmit_timeout_s`,
-  doubling, `retransmit_tries` times; then the negotiation fails. A datagram identical to one
-  already answered gets the same answer again (both roles), so a lost last message heals.
+  doubling, `retransmit_tries` times, as two copies back to back; then the negotiation fails. A
+  datagram identical to one already answered gets the same answer again (both roles), so a lost
+  last message heals; the last message of an exchange (MM6, AM3, QM3, R-U-THERE-ACK) goes out once,
+  and twice back to back only when the peer's retransmission shows it was lost. A single copy can
+  fall in step with a regular loss pattern (every other datagram) for ever; one of two gets through.
+- An ISAKMP SA deleted after its rekey stays known until it would have expired: a peer still
+  using it lost our Delete and gets it again (its DPD would otherwise take its phase 2 SAs down).
 - Phase 1 is rekeyed (a new main/aggressive mode, then, `REKEYED_DELETE_DELAY_S` later or at its
   expiry if sooner, a Delete for the old SA, which meanwhile starts nothing) by the side that
   initiated it; phase 2 by the side that initiated that SA, `rekey_margin` before expiry.
@@ -31,7 +36,7 @@ import hashlib
 import os
 import random
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from ike.policy import Phase1Tunnel, Phase2Tunnel
@@ -119,6 +124,28 @@ class _SaTimers:
     delete_at: float | None = None  # replaced by a rekey: Delete it then (see `_retire_sa`)
 
 
+@dataclass
+class _Answer:
+    """What we answered to an accepted message, for its retransmissions."""
+
+    data: bytes | None
+    final: bool  # nothing answers it in turn (MM6, AM3, QM3, R-U-THERE-ACK)
+    resent_at: float | None = None
+
+
+@dataclass
+class _Tomb:
+    """An ISAKMP SA we deleted after its rekey, kept (keys, and the route to us) until it would
+    have expired: a peer that still uses it lost our Delete, and gets it again. Left to itself,
+    that peer's DPD on the stale SA would find no one answering and take its phase 2 SAs down."""
+
+    sa: IsakmpSa
+    delete: bytes
+    until: float
+    resends: int = 0
+    resent_at: float | None = None
+
+
 class Ikev1Engine(EngineOutput):
     role: Role
 
@@ -135,11 +162,12 @@ class Ikev1Engine(EngineOutput):
         self._sas: dict[bytes, IsakmpSa] = {}  # by our cookie
         self._p1x: dict[bytes, Phase1Exchange] = {}  # phase 1 exchanges in progress, by our cookie
         self._timers: dict[bytes, _SaTimers] = {}  # established SAs, by our cookie
+        self._tombs: dict[bytes, _Tomb] = {}  # deleted after a rekey, by our cookie
         self._qms: dict[tuple[bytes, int], QuickMode] = {}
         self._children: dict[int, _Child] = {}
         self._pending: list[tuple[Phase2Tunnel, int | None]] = []
         self._flights: dict[tuple[object, ...], _Flight] = {}
-        self._answers: OrderedDict[bytes, tuple[bytes | None, Address, Address]] = OrderedDict()
+        self._answers: OrderedDict[bytes, _Answer] = OrderedDict()  # by digest of the accepted message
         self._next_sa_id = 1
         self._next_child_id = 1
         self._closing = False
@@ -210,6 +238,7 @@ class Ikev1Engine(EngineOutput):
                 times.append(t.dpd_at)
             if t.delete_at is not None:
                 times.append(t.delete_at)
+        times += [tomb.until for tomb in self._tombs.values()]
         for c in self._children.values():
             times.append(c.expire_at)
             if c.rekey_at is not None:
@@ -246,6 +275,7 @@ class Ikev1Engine(EngineOutput):
             for key in [k for k in self._flights if k[0] == "qm"]:
                 del self._flights[key]
             self._qms.clear()
+            self._bury(None)
 
         self._guard(run, self._remote)
 
@@ -301,15 +331,24 @@ class Ikev1Engine(EngineOutput):
 
     def _send_final(self, data: bytes, sa: IsakmpSa) -> None:
         """A message nothing answers (MM6, AM3, QM3, informational) goes out once. If it is lost, the
-        peer retransmits its previous message, which `_answers` answers with this one again. (Sending
-        it twice made charon, which had moved on, fail to decrypt the late copy: PAYLOAD_MALFORMED.)"""
+        peer retransmits its previous message, which `_receive` answers with this one again (see
+        there). (Sending it twice unasked made charon, which had moved on, fail to decrypt the late
+        copy: PAYLOAD_MALFORMED.)"""
         self.send_raw(data, sa.local, sa.remote)
 
-    def _remember_answer(self, request: bytes, data: bytes | None, sa: IsakmpSa) -> None:
+    def _remember_answer(self, request: bytes, data: bytes | None, final: bool = False) -> None:
         """What we answered to an accepted message (None: nothing), for its retransmissions."""
-        self._answers[_digest(request)] = (data, sa.local, sa.remote)
+        self._answers[_digest(request)] = _Answer(data, final, self._now if final else None)
         while len(self._answers) > _RESPONSE_CACHE:
             self._answers.popitem(last=False)
+
+    def _just_resent(self, x: _Answer | _Tomb, now: float) -> bool:
+        """A copy of a message that we answered (or answered again) a moment ago, such as the
+        second of a pair of retransmissions (see `_on_timer`): our answer is on its way."""
+        if x.resent_at is not None and now - x.resent_at < self._settings.retransmit_timeout_s / 2:
+            return True
+        x.resent_at = now
+        return False
 
     def _current_sa(self) -> IsakmpSa | None:
         best: IsakmpSa | None = None
@@ -332,12 +371,24 @@ class Ikev1Engine(EngineOutput):
             return
         answer = self._answers.get(_digest(dg.data))
         if answer is not None:  # a retransmission of something we accepted: answer again
-            data, _local, _remote = answer
-            if data is not None:
+            data = answer.data
+            if data is not None and not answer.final:
+                self.send_raw(data, dg.local, dg.remote)  # it waits for an answer: its timer goes on
+            elif data is not None and not self._just_resent(answer, now):
+                # The peer evidently lacks the last message of the exchange, and nothing else will
+                # bring it. A copy sent straight back after the retransmission that got through is
+                # what a loss pattern in step with the peer's timer (every other datagram) loses
+                # every time; of two copies back to back one gets through. A duplicate that arrives
+                # is a retransmission of the request the peer just had (charon ignores it as such).
+                self.send_raw(data, dg.local, dg.remote)
                 self.send_raw(data, dg.local, dg.remote)
             return
         sa = self._find_sa(h)
         if sa is None:
+            tomb = self._find_tomb(h)
+            if tomb is not None:
+                self._tomb_hit(tomb, dg, h)
+                return
             self._dropped(f"no ISAKMP SA for cookies {h.cky_i.hex()}/{h.cky_r.hex()}", dg.remote)
             return
         cookie = sa.our_cookie
@@ -387,17 +438,40 @@ class Ikev1Engine(EngineOutput):
             t.rekey_at = min(t.rekey_at, now)
 
     def _find_sa(self, h: Header) -> IsakmpSa | None:
-        sa = self._sas.get(h.cky_i)
-        if (
-            sa is not None
-            and sa.role is Role.INITIATOR
-            and (sa.cky_r == h.cky_r or sa.cky_r == ZERO_COOKIE or h.cky_r == ZERO_COOKIE)
-        ):
-            return sa
-        sa = self._sas.get(h.cky_r)
-        if sa is not None and sa.role is Role.RESPONDER and sa.cky_i == h.cky_i:
-            return sa
-        return None
+        return _lookup(self._sas.get, h)
+
+    def _find_tomb(self, h: Header) -> _Tomb | None:
+        if not self._tombs:
+            return None
+
+        def get(cookie: bytes) -> IsakmpSa | None:
+            tomb = self._tombs.get(cookie)
+            return tomb.sa if tomb is not None else None
+
+        sa = _lookup(get, h)
+        return self._tombs[sa.our_cookie] if sa is not None else None
+
+    def _tomb_hit(self, tomb: _Tomb, dg: Datagram, h: Header) -> None:
+        sa = tomb.sa
+        if not h.flags & 1 or tomb.resends >= self._settings.retransmit_tries:
+            what = "ignored"
+        elif self._just_resent(tomb, self._now):
+            what = "its Delete was sent again a moment ago"
+        else:
+            tomb.resends += 1
+            # Twice, for the same reason as a final message answered again (see `_receive`).
+            self.send_raw(tomb.delete, dg.local, dg.remote)
+            self.send_raw(tomb.delete, dg.local, dg.remote)
+            what = "sent its Delete again"
+        self._dropped(f"message under ISAKMP SA {sa.cky_i.hex()}/{sa.cky_r.hex()}, deleted after its rekey: {what}",
+                      dg.remote)  # fmt: skip
+
+    def _bury(self, now: float | None) -> None:
+        """Forget the deleted SAs whose time is up (all of them: `now` None)."""
+        for cookie, tomb in list(self._tombs.items()):
+            if now is None or now >= tomb.until:
+                del self._tombs[cookie]
+                self.emit(SpiRemoved(cookie))
 
     # --- phase 1 ----------------------------------------------------------------------------------
 
@@ -445,7 +519,7 @@ class Ikev1Engine(EngineOutput):
                 self._send_waiting(("p1", cookie), out, sa, 1, f"{x.mode_name} with {sa.remote[0]}", now)
             else:
                 self._send_final(out, sa)
-        self._remember_answer(dg.data, out, sa)
+        self._remember_answer(dg.data, out, final=not x.awaiting_reply)
         if x.established:
             self._phase1_established(sa, x, now)
 
@@ -487,7 +561,8 @@ class Ikev1Engine(EngineOutput):
             rekey_at = now + sa.lifetime_s * (1 - margin * (1 + random.random() * 0.5))
         pol = sa.phase1.policy
         dpd_at = now + pol.dpd_delay_s if pol.dpd_delay_s > 0 and sa.peer_dpd else None
-        self._timers[cookie] = _SaTimers(rekey_at, now + sa.lifetime_s, dpd_at, random.randrange(1, 1 << 30), now)
+        seq = random.randrange(1, 1 << 30)
+        self._timers[cookie] = _SaTimers(rekey_at, now + sa.lifetime_s, dpd_at, seq, now, dpd_first=seq)
         self.emit(
             IkeSaEstablished(
                 sa_id=sa.sa_id,
@@ -529,7 +604,7 @@ class Ikev1Engine(EngineOutput):
         grace = self._settings.extra.get("ikev1_rekeyed_delete_delay_s", REKEYED_DELETE_DELAY_S)
         t.delete_at = now + (float(grace) if isinstance(grace, int | float) else REKEYED_DELETE_DELAY_S)
 
-    def _drop_sa(self, cookie: bytes, reason: str, dpd_action: str | None = None) -> None:
+    def _drop_sa(self, cookie: bytes, reason: str, dpd_action: str | None = None, keep_route: bool = False) -> None:
         sa = self._sas.pop(cookie, None)
         self._timers.pop(cookie, None)
         self._p1x.pop(cookie, None)
@@ -540,7 +615,8 @@ class Ikev1Engine(EngineOutput):
         if sa is not None:
             sa.deleted = True
             self.emit(IkeSaDeleted(sa.sa_id, reason, dpd_action))
-            self.emit(SpiRemoved(cookie))
+            if not keep_route:
+                self.emit(SpiRemoved(cookie))
 
     # --- quick mode -------------------------------------------------------------------------------
 
@@ -600,7 +676,7 @@ class Ikev1Engine(EngineOutput):
                 self._send_waiting(("qm", cookie, h.message_id), out, sa, 2, f"quick mode with {sa.remote[0]}", now)
             else:
                 self._send_final(out, sa)
-        self._remember_answer(dg.data, out, sa)
+        self._remember_answer(dg.data, out, final=not qm.awaiting_reply)
         if qm.done:
             self._child_established(sa, qm, now)
 
@@ -613,7 +689,7 @@ class Ikev1Engine(EngineOutput):
         except Drop:
             return False
         if any(n.notify_type == NotifyType.CONNECTED for n in rx.notifies):
-            self._remember_answer(dg.data, None, sa)
+            self._remember_answer(dg.data, None)
             return True
         return False
 
@@ -721,7 +797,7 @@ class Ikev1Engine(EngineOutput):
         if t is not None:
             t.last_heard = now
             self._follow_nat(sa, dg)
-        self._remember_answer(dg.data, None, sa)
+        self._remember_answer(dg.data, None)
         for n in rx.notifies:
             self._on_notify(sa, n, now)
         for d in rx.deletes:
@@ -737,11 +813,18 @@ class Ikev1Engine(EngineOutput):
                 raise Drop("R-U-THERE with a bad sequence number or SPI")
             ack = informational.r_u_there_ack(sa, int.from_bytes(n.data, "big"))
             self._send_final(ack, sa)
-            self._remember_answer(self._current_request, ack, sa)
+            self._remember_answer(self._current_request, ack, final=True)
             return
         if n.notify_type == NotifyType.R_U_THERE_ACK:
             t = self._timers.get(cookie)
             seq = int.from_bytes(n.data, "big") if len(n.data) == 4 else -1
+            if (
+                t is not None
+                and ("dpd", cookie) not in self._flights
+                and t.dpd_seq != t.dpd_first
+                and _seq_between(t.dpd_first, seq, (t.dpd_seq - 1) & 0xFFFFFFFF)
+            ):
+                return  # the ACK of the other R-U-THERE of a round already answered
             if t is None or ("dpd", cookie) not in self._flights or not _seq_between(t.dpd_first, seq, t.dpd_seq):
                 raise Drop("R-U-THERE-ACK that answers no R-U-THERE of ours")
             self._flights.pop(("dpd", cookie), None)
@@ -794,10 +877,18 @@ class Ikev1Engine(EngineOutput):
                 continue
             f.tries += 1
             f.next_at = now + self._settings.retransmit_timeout_s * (2**f.tries)
+            # A retransmission goes out as two copies back to back. It means something was lost, and
+            # a single copy on a timer can fall in step with a regular loss pattern (every other
+            # datagram), given the other traffic in between, for every try; of two, one gets through.
+            # The peer answers a duplicate as a retransmission (and we ignore its second answer).
             if key[0] == "dpd":
                 # RFC 3706 §5.5: each R-U-THERE is a new message with the next sequence number (a peer
-                # may take a repeated one for a retransmission it already answered).
+                # may take a repeated one for a retransmission it already answered); any of the
+                # round's ACKs will do.
+                self.send_raw(self._next_r_u_there(key[1]), f.local, f.remote)  # type: ignore[arg-type]
                 f.data = self._next_r_u_there(key[1])  # type: ignore[arg-type]
+            else:
+                self.send_raw(f.data, f.local, f.remote)
             self.send_raw(f.data, f.local, f.remote)
         for cookie, t in list(self._timers.items()):
             if cookie not in self._timers:
@@ -808,8 +899,10 @@ class Ikev1Engine(EngineOutput):
                 self._drop_sa(cookie, "rekeyed" if t.replaced else "expired")
                 continue
             if t.delete_at is not None and now >= t.delete_at:
-                self._send_final(informational.delete_isakmp(sa), sa)
-                self._drop_sa(cookie, "rekeyed")
+                delete = informational.delete_isakmp(sa)
+                self._send_final(delete, sa)
+                self._drop_sa(cookie, "rekeyed", keep_route=True)
+                self._tombs[cookie] = _Tomb(sa, delete, t.expire_at)
                 continue
             if t.rekey_at is not None and now >= t.rekey_at:
                 t.rekey_at = None
@@ -817,6 +910,7 @@ class Ikev1Engine(EngineOutput):
                     self._start_phase1(now, sa.sa_id)
             if t.dpd_at is not None and now >= t.dpd_at:
                 self._dpd_check(sa, t, now)
+        self._bury(now)
         for c in list(self._children.values()):
             if c.child_id not in self._children:
                 continue
@@ -876,6 +970,21 @@ class Ikev1Engine(EngineOutput):
             self._delete_child(cid, "peer unreachable (DPD)", notify_peer=False)
         self._qms.clear()
         self._flights.clear()
+
+
+def _lookup(get: Callable[[bytes], IsakmpSa | None], h: Header) -> IsakmpSa | None:
+    """The SA a message with these cookies belongs to (`get`: by our cookie)."""
+    sa = get(h.cky_i)
+    if (
+        sa is not None
+        and sa.role is Role.INITIATOR
+        and (sa.cky_r == h.cky_r or sa.cky_r == ZERO_COOKIE or h.cky_r == ZERO_COOKIE)
+    ):
+        return sa
+    sa = get(h.cky_r)
+    if sa is not None and sa.role is Role.RESPONDER and sa.cky_i == h.cky_i:
+        return sa
+    return None
 
 
 def _seq_between(first: int, seq: int, last: int) -> bool:
