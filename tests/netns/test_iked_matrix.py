@@ -294,6 +294,8 @@ def test_kb_lifetime_rekeys_under_traffic(hosts: tuple[Host, Host], tmp_path: Pa
         up(ia, ib, ta, tb, kb=100)
         before = child_of(ia)
         assert (before["lifetime_kb"], before["rekeys"]) == (100, 0), before
+        assert before["kb_left"] is not None and 90 <= before["kb_left"] <= 100, before
+        assert "100 KB (" in ia.ike("cmd=list", "phase=2", "verbose").stdout
         flood = a.run(
             ["ping", "-n", "-q", "-c", "250", "-i", "0.005", "-s", "1000", "-I", a.inner4, b.inner4],
             check=False,
@@ -305,6 +307,7 @@ def test_kb_lifetime_rekeys_under_traffic(hosts: tuple[Host, Host], tmp_path: Pa
         after = child_of(ia)
         assert after["rekeys"] >= 2 and after["tunnel"] == before["tunnel"], json.dumps(after) + ia.log(40)
         assert after["spi_in"] != before["spi_in"] and after["lifetime_kb"] == 100, after
+        assert 0 <= after["kb_left"] <= 100, after  # the current SA's own, not a sum over rekeys
         assert "reached its soft lifetime" in ia.log(200) + ib.log(200)
         assert child_of(ib)["rekeys"] >= 1
         assert a.ping(b.inner4, count=3, src=a.inner4).returncode == 0, ia.log(40)

@@ -286,6 +286,13 @@ def _print_block(lines: list[tuple[str, str]], out: TextIO, first: bool) -> None
         print(f"  {k + ':':<{w + 1}} {v}", file=out)
 
 
+def _kb(t: dict[str, Any]) -> str:
+    if not t.get("lifetime_kb"):
+        return ""
+    left = t.get("kb_left")
+    return f", {t['lifetime_kb']} KB" + (f" ({left} KB left)" if isinstance(left, int) else "")
+
+
 def _left(t: dict[str, Any]) -> str:
     total = t.get("lifetime_s") or 0
     left = t.get("lifetime_left_s")
@@ -344,7 +351,7 @@ def _p2_block(t: dict[str, Any]) -> list[tuple[str, str]]:
         ("Algorithms", t.get("proposal") or "-"),
         ("PFS", pfs),
         ("SPIs", f"in {t['spi_in']}  out {t['spi_out']}" if t.get("spi_in") else "-"),
-        ("Lifetime", _left(t) + (f", {t['lifetime_kb']} KB" if t.get("lifetime_kb") else "")),
+        ("Lifetime", _left(t) + _kb(t)),
         ("Established", _when(t.get("established"))),
         ("UDP encapsulation", "yes (NAT-T)" if t.get("udp_encap") else "no"),
         ("Refreshed", "yes" if t.get("refresh", True) else "no (its phase 1 was removed)"),

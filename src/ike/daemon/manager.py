@@ -1107,7 +1107,9 @@ class TunnelManager:
         self.p2_by_dp.pop(dp_id, None)
         if self.dataplane is not None:
             # Keep the tunnel's traffic totals across rekeys.
-            for k, v in _counters(self.dataplane, dp_id).items():
+            c = _counters(self.dataplane, dp_id)
+            c.pop("kb_left", None)
+            for k, v in c.items():
                 entry.totals[k] = entry.totals.get(k, 0) + v
             try:
                 self.dataplane.remove(dp_id)
@@ -1542,11 +1544,19 @@ class TunnelManager:
         if e.established_at is not None and e.lifetime_s and e.live:
             left = max(0, round(e.established_at + e.lifetime_s - now))
         d = e.definition
-        counters = dict(e.totals)
+        counters: dict[str, int | None] = dict(e.totals)
+        kb_left = None
         for dp_id in e.sas.values():
             if dp_id is not None:
-                for k, v in _counters(self.dataplane, dp_id).items():
-                    counters[k] = counters.get(k, 0) + v
+                c = _counters(self.dataplane, dp_id)
+                # Per SA, not a total: the KB lifetime is each SA's own; the current one counts.
+                left = c.pop("kb_left", None)
+                if dp_id == e.dp_id:
+                    kb_left = left
+                for k, v in c.items():
+                    counters[k] = (counters.get(k) or 0) + v
+        if e.lifetime_kb and e.live:
+            counters["kb_left"] = kb_left
         return {
             "tunnel": e.number,
             "phase1_tunnel": e.p1.number if e.p1 else None,
@@ -1645,7 +1655,7 @@ def _counters(dp: DataPlane | None, dp_id: int) -> dict[str, int]:
     return out
 
 
-_COUNTER_KEYS = ("bytes_in", "bytes_out", "packets_in", "packets_out", "dropped_in")
+_COUNTER_KEYS = ("bytes_in", "bytes_out", "packets_in", "packets_out", "dropped_in", "kb_left")
 
 
 def _local_for(local_addr: str, remote_ip: str) -> str:
