@@ -72,6 +72,23 @@ ZERO_COOKIE = bytes(8)
 _RESPONSE_CACHE = 64
 REKEYED_DELETE_DELAY_S = 5.0  # EngineSettings.extra["ikev1_rekeyed_delete_delay_s"] overrides
 _MAX_QM_IN_FLIGHT = 32
+_ERRORS = frozenset(range(1, 16384))
+# What a peer answers, protected, when it refuses what came after the key exchange (RFC 2408 §3.14.1).
+_PHASE1_REFUSALS = frozenset({
+    NotifyType.INVALID_KEY_INFORMATION, NotifyType.INVALID_ID_INFORMATION, NotifyType.INVALID_CERT_ENCODING,
+    NotifyType.INVALID_CERTIFICATE, NotifyType.CERT_TYPE_UNSUPPORTED, NotifyType.INVALID_CERT_AUTHORITY,
+    NotifyType.INVALID_HASH_INFORMATION, NotifyType.AUTHENTICATION_FAILED, NotifyType.INVALID_SIGNATURE,
+    NotifyType.CERTIFICATE_UNAVAILABLE,
+})  # fmt: skip
+_REFUSAL_HINTS: dict[int, str] = {
+    NotifyType.INVALID_ID_INFORMATION: " (it does not accept our identity; check the identities both sides expect)",
+    NotifyType.AUTHENTICATION_FAILED: " (it does not accept our authentication: certificate, CA or key)",
+    NotifyType.INVALID_HASH_INFORMATION: " (our HASH does not verify there: the pre-shared keys differ)",
+    NotifyType.INVALID_SIGNATURE: " (our signature does not verify there)",
+    NotifyType.INVALID_CERTIFICATE: " (it does not accept our certificate)",
+    NotifyType.INVALID_CERT_AUTHORITY: " (it does not trust the CA of our certificate)",
+    NotifyType.CERTIFICATE_UNAVAILABLE: " (it has no certificate to authenticate with)",
+}
 
 
 def demux(data: bytes) -> Demux | None:
@@ -120,6 +137,9 @@ class _SaTimers:
     dpd_seq: int  # the sequence number of our latest R-U-THERE
     last_heard: float
     dpd_first: int = 0  # ... and of the first one of the current round (any of them may be ACKed)
+    # The peer has shown it holds the SA too. Not yet when our message ended phase 1 (MM6, AM3): the
+    # peer may still refuse it, and says so with a protected notify (see `_phase1_refused`).
+    confirmed: bool = True
     replaced: bool = False
     delete_at: float | None = None  # replaced by a rekey: Delete it then (see `_retire_sa`)
 
@@ -511,6 +531,8 @@ class Ikev1Engine(EngineOutput):
             self._dropped(e.reason, dg.remote)
             return
         except ExchangeFailed as e:
+            if x.opened == dg.data:
+                sa.accept(dg.data, h)  # it was read: the IV of our notify follows it, as at the peer
             self._fail_phase1(sa, x, e)
             return
         self._flights.pop(("p1", cookie), None)
@@ -521,11 +543,16 @@ class Ikev1Engine(EngineOutput):
                 self._send_final(out, sa)
         self._remember_answer(dg.data, out, final=not x.awaiting_reply)
         if x.established:
-            self._phase1_established(sa, x, now)
+            self._phase1_established(sa, x, now, confirmed=out is None)
 
-    def _fail_phase1(self, sa: IsakmpSa, x: Phase1Exchange, e: ExchangeFailed) -> None:
-        if e.notify is not None:
-            self.send_raw(informational.plain_notify(sa.cky_i, sa.cky_r, e.notify), sa.local, sa.remote)
+    def _fail_phase1(self, sa: IsakmpSa, x: Phase1Exchange, e: ExchangeFailed, tell_peer: bool = True) -> None:
+        if e.notify is not None and tell_peer:
+            # With keys, only a protected notify is believed (an unprotected one could come from anyone).
+            if sa.keys is not None:
+                data = informational.notify(sa, e.notify)
+            else:
+                data = informational.plain_notify(sa.cky_i, sa.cky_r, e.notify)
+            self.send_raw(data, sa.local, sa.remote)
         self.emit(
             NegotiationFailed(
                 1,
@@ -545,7 +572,7 @@ class Ikev1Engine(EngineOutput):
             del self._sas[cookie]
             self.emit(SpiRemoved(cookie))
 
-    def _phase1_established(self, sa: IsakmpSa, x: Phase1Exchange, now: float) -> None:
+    def _phase1_established(self, sa: IsakmpSa, x: Phase1Exchange, now: float, confirmed: bool) -> None:
         cookie = sa.our_cookie
         del self._p1x[cookie]
         sa.established_at = now
@@ -562,7 +589,9 @@ class Ikev1Engine(EngineOutput):
         pol = sa.phase1.policy
         dpd_at = now + pol.dpd_delay_s if pol.dpd_delay_s > 0 and sa.peer_dpd else None
         seq = random.randrange(1, 1 << 30)
-        self._timers[cookie] = _SaTimers(rekey_at, now + sa.lifetime_s, dpd_at, seq, now, dpd_first=seq)
+        self._timers[cookie] = _SaTimers(
+            rekey_at, now + sa.lifetime_s, dpd_at, seq, now, dpd_first=seq, confirmed=confirmed
+        )
         self.emit(
             IkeSaEstablished(
                 sa_id=sa.sa_id,
@@ -666,6 +695,7 @@ class Ikev1Engine(EngineOutput):
             self._fail_qm(sa, qm, e)
             return
         self._timers[cookie].last_heard = now
+        self._timers[cookie].confirmed = True
         self._follow_nat(sa, dg)
         if key not in self._qms:
             sa.used_msgids.add(h.message_id)
@@ -793,15 +823,45 @@ class Ikev1Engine(EngineOutput):
                 ))  # fmt: skip
                 return
             raise Drop("unprotected informational message ignored")
+        self._remember_answer(dg.data, None)
+        if self._phase1_refused(sa, rx):
+            return
         t = self._timers.get(cookie)
         if t is not None:
             t.last_heard = now
+            t.confirmed = True
             self._follow_nat(sa, dg)
-        self._remember_answer(dg.data, None)
         for n in rx.notifies:
             self._on_notify(sa, n, now)
         for d in rx.deletes:
             self._on_delete(sa, d)
+
+    def _phase1_refused(self, sa: IsakmpSa, rx: informational.Received) -> bool:
+        """A protected error notify about phase 1 from a peer that has the keys but refused the rest:
+        our identity, certificate or authentication in MM5 or AM3 (or, the other way round, its
+        own in MM6 or AM2). It ends that SA with the peer's reason, at once, instead of a timeout
+        or an SA only one side has."""
+        cookie = sa.our_cookie
+        x = self._p1x.get(cookie)
+        t = self._timers.get(cookie)
+        if x is None and (t is None or t.confirmed):
+            return False
+        kinds = _PHASE1_REFUSALS if x is None else _ERRORS
+        hit = [
+            n.notify_type
+            for n in rx.notifies
+            if n.notify_type in kinds and n.protocol == PROTO_ISAKMP and n.spi in (b"", sa.cookies)
+        ]
+        if not hit:
+            return False
+        name = notify_name(hit[0])
+        reason = f"the peer refused phase 1: {name}{_REFUSAL_HINTS.get(hit[0], '')}"
+        if x is not None:
+            self._fail_phase1(sa, x, ExchangeFailed(reason, received_notify=name), tell_peer=False)
+        else:
+            self.emit(NegotiationFailed(1, reason, sa.phase1, notify=name))
+            self._drop_sa(cookie, reason)
+        return True
 
     def _on_notify(self, sa: IsakmpSa, n: object, now: float) -> None:
         from ike.proto.v1.payloads import NotifyPayload

@@ -122,6 +122,7 @@ class Phase1Exchange:
         self.peer_lifetime_kb = 0
         self.send_responder_lifetime = False
         self.initial_contact_received = False
+        self.opened: bytes | None = None  # the last message `open` decrypted (see the engine's _fail_phase1)
         # Pretend to be behind a NAT (as strongSwan's kernel-libipsec does) so that ESP goes over UDP.
         self.fake_nat = bool(ctx.settings.extra.get("force_udp_encap"))
         sa.nat_local = sa.nat_local or self.fake_nat
@@ -522,7 +523,9 @@ class Phase1Exchange:
 
     def open(self, dg: Datagram, h: Header, keys_may_differ: bool) -> list[Decoded]:
         try:
-            return self.sa.open(dg.data, h)
+            payloads = self.sa.open(dg.data, h)
+            self.opened = dg.data
+            return payloads
         except (DecodeError, CryptoError) as e:
             if keys_may_differ and auth_from_value(self.sa.auth_method) is AuthMethod.PSK:
                 raise ExchangeFailed(
