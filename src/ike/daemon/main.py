@@ -23,6 +23,7 @@ from ike.daemon.control import ControlServer, RequestError
 from ike.daemon.manager import DataPlane, EngineFactory, ManagerError, TunnelManager
 from ike.daemon.policies import ActivationTarget, IndexedPolicies, LookupError_, load_from_store
 from ike.daemon.server import NATT_KEEPALIVE, UdpServer
+from ike.dataplane.base import DataPlaneError
 from ike.policy import PolicyError
 from ike.proto.api import EngineSettings
 
@@ -184,6 +185,11 @@ class Daemon:
             log.error(
                 "cannot listen on %s ports %d/%d: %s", ",".join(self.ns.listen), self.ns.ike_port, self.ns.natt_port, e
             )
+            udp.close()
+            return 1
+        except DataPlaneError as e:
+            log.error("the data plane cannot take the IKE sockets: %s (try --dataplane userspace)", e)
+            udp.close()
             return 1
         self.control = ControlServer(self.sock, self.handle)
         try:

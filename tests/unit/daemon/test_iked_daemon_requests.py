@@ -106,3 +106,25 @@ def test_activate_autostart_starts_the_autostart_definitions_only(daemon: Any) -
     # again: what is up exists
     out = net.loop.run_until_complete(d.handle("activate", {"autostart": True}))
     assert [r["status"] for r in out["results"]] == ["exists", "exists"]
+
+
+def test_a_data_plane_refusing_the_ike_sockets_stops_iked_with_a_message(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    # The XFRM bypass policy can be refused by the kernel: iked must say so and exit 1, not crash.
+    from ike.daemon import main as iked_main
+    from ike.dataplane.base import DataPlaneError
+    from ike.dataplane.none import NoneDataPlane
+
+    class Refusing(NoneDataPlane):
+        def bypass_socket(self, sock: object) -> None:
+            raise DataPlaneError("cannot set an IPsec bypass policy on the IKE socket: Invalid argument")
+
+    monkeypatch.setattr(iked_main, "make_dataplane", lambda _name: Refusing())
+    files = ["--db", str(tmp_path / "x.db"), "--conf", str(tmp_path / "none.conf"), "--rundir", str(tmp_path)]
+    ports = ["--ike-port", "0", "--natt-port", "0"]
+    ns = parse_args([*files, *ports, "--dataplane", "none", "--listen", "127.0.0.1", "--no-autostart"])
+    (tmp_path / "none.conf").write_text("log_destination = stderr\n")
+    rc = asyncio.run(Daemon(ns).run())
+    assert rc == 1
+    assert "the data plane cannot take the IKE sockets: cannot set an IPsec bypass policy" in capfd.readouterr().err
