@@ -84,10 +84,17 @@ class AggressiveMode(Phase1Exchange):
                 if c.policy.version == 1 and c.policy.mode == "aggressive" and identities_match(c.remote_id, ident)
             ]
         if not cands:
+            by_address = self.ctx.policies.phase1_by_address(dg.local[0], dg.remote[0])
             raise ExchangeFailed(
                 f"no IKEv1 aggressive mode tunnel is defined for peer identity {ident.type.label} {ident.value!r} "
                 f"at {dg.remote[0]}",
                 NotifyType.INVALID_ID_INFORMATION,
+                offered=tuple(
+                    f"{c.name}: remote id {c.remote_id.type.label} {c.remote_id}"
+                    for c in by_address
+                    if c.policy.version == 1 and c.policy.mode == "aggressive"
+                ),
+                peer_offered=(self.peer_id_line(ident),),
             )
         reply_sa = self.choose(sa_d, cands)
         self.check_peer_id(ident)

@@ -438,8 +438,14 @@ class Phase1Exchange:
                 f"the peer identifies as {ident.type.label} {ident.value!r}, tunnel {self.tunnel.name} expects "
                 f"{want.type.label} {want.value!r}",
                 NotifyType.INVALID_ID_INFORMATION,
+                offered=(f"remote id {want.type.label} {want}",),
+                peer_offered=(self.peer_id_line(ident),),
             )
         self.sa.remote_id = ident
+
+    def peer_id_line(self, ident: Identity) -> str:
+        """The peer's identity as a mismatch event shows it (IDii from an initiator, IDir back)."""
+        return f"{'IDir' if self.role is Role.INITIATOR else 'IDii'} {ident.type.label} {ident}"
 
     def certreq_payloads(self, method: AuthMethod | None = None) -> list[object]:
         """One CERTREQ per trusted CA, naming it by its DER subject (what strongSwan sends and
