@@ -104,6 +104,10 @@ class StaticPolicies:
                 return p1
         return None
 
+    def phase2_definitions(self, phase1: Phase1Tunnel) -> Sequence[Phase2Tunnel]:
+        """(api.Phase2Catalog)"""
+        return tuple(self._p2_under.get(phase1.number, ()))
+
     def phase2_for(
         self, phase1: Phase1Tunnel, local_ts: Sequence[TrafficSelector], remote_ts: Sequence[TrafficSelector]
     ) -> Phase2Tunnel | None:

@@ -7,10 +7,10 @@ from dataclasses import replace
 
 import pytest
 
-from ike.policy import Identity
+from ike.policy import Identity, TrafficSelector
 from ike.proto.api import NegotiationFailed
 
-from .pair import Pair, basic, policies_b
+from .pair import Pair, basic, phase2, policies_b
 from .pki import Pki
 from .test_engine_certs import _tunnels
 
@@ -50,3 +50,18 @@ def test_initiator_refusing_the_responders_identity_names_both(pki: Pki, mode: s
     assert fa.phase == 1 and fa.notify == "INVALID_ID_INFORMATION"
     assert fa.offered == ("remote id fqdn zzz.example.org",)
     assert fa.peer_offered == ("IDir fqdn b.example.org",)
+
+
+def test_selectors_no_definition_covers_lists_the_definitions_under_that_phase1() -> None:
+    a1, _, b1, b2 = basic()  # b: c1 10.2.0.0/16 <-> 10.1.0.0/16
+    b3 = replace(b2, number=3, name="c3", local_ts=TrafficSelector.parse("10.3.0.0/24"),
+                 remote_ts=TrafficSelector.parse("10.4.0.0/24"))  # fmt: skip
+    a2 = phase2(a1, "10.9.0.0/16", "10.8.0.0/16")
+    p = Pair(a1, [a2], policies_b(b1, b2, b3))
+    p.run()
+    fb = _failure(p, "b")
+    assert fb.phase == 2 and fb.notify == "INVALID_ID_INFORMATION" and "covers" in fb.reason
+    assert fb.offered == ("c1: 10.2.0.0/16 <-> 10.1.0.0/16", "c3: 10.3.0.0/24 <-> 10.4.0.0/24")
+    assert fb.peer_offered == ("10.8.0.0/16 <-> 10.9.0.0/16",)  # ours <-> theirs, as b sees them
+    fa = _failure(p, "a")
+    assert fa.phase == 2 and fa.notify == "INVALID_ID_INFORMATION"

@@ -21,7 +21,7 @@ import os
 from dataclasses import dataclass
 
 from ike.policy import EspProposal, Phase2Tunnel, TrafficSelector
-from ike.proto.api import ChildSaKeys, Datagram, PolicySource, Role
+from ike.proto.api import ChildSaKeys, Datagram, Phase2Catalog, PolicySource, Role
 from ike.proto.crypto import CryptoError, DhPrivate
 from ike.proto.transforms import DH
 from ike.proto.v1 import natt
@@ -369,11 +369,14 @@ class QuickMode:
         assert self.sa.phase1 is not None
         p2 = self.policies.phase2_for(self.sa.phase1, [idcr], [idci])
         if p2 is None:
+            # Both sides as "ours <-> theirs", as for a definition that does not overlap (below).
+            defs = self.policies.phase2_definitions(self.sa.phase1) if isinstance(self.policies, Phase2Catalog) else ()
             raise ExchangeFailed(
                 f"no phase 2 tunnel under {self.sa.phase1.name} covers the peer's selectors "
                 f"{idci} (theirs) <-> {idcr} (ours)",
                 NotifyType.INVALID_ID_INFORMATION,
-                peer_offered=(f"{idci} <-> {idcr}",),
+                offered=tuple(f"{d.name}: {d.local_ts} <-> {d.remote_ts}" for d in defs),
+                peer_offered=(f"{idcr} <-> {idci}",),
             )
         self.phase2 = p2
         local = p2.local_ts.intersect(idcr)
