@@ -21,6 +21,8 @@ def _key(kind: str) -> rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey:
         return rsa.generate_private_key(public_exponent=65537, key_size=2048)
     if kind == "ecdsa384":
         return ec.generate_private_key(ec.SECP384R1())
+    if kind == "ecdsa521":
+        return ec.generate_private_key(ec.SECP521R1())
     return ec.generate_private_key(ec.SECP256R1())
 
 

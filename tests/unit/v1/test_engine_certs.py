@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from scapy.layers import isakmp as S
 
 from ike.policy import AuthMethod, Credentials, Identity
 from ike.proto.api import IkeSaEstablished, NegotiationFailed
@@ -36,7 +37,7 @@ def _tunnels(pki: Pki, kind: str, mode: str, id_kind: str, other_ca: Pki | None 
     return a1, a2, b1, mirror(a2, b1), ida, idb
 
 
-@pytest.mark.parametrize("kind", ["rsa", "ecdsa", "ecdsa384"])
+@pytest.mark.parametrize("kind", ["rsa", "ecdsa", "ecdsa384", "ecdsa521"])
 @pytest.mark.parametrize("mode", ["main", "aggressive"])
 @pytest.mark.parametrize("id_kind", ["dn", "fqdn", "ip"])
 def test_signatures(pki: Pki, kind: str, mode: str, id_kind: str) -> None:
@@ -48,6 +49,20 @@ def test_signatures(pki: Pki, kind: str, mode: str, id_kind: str) -> None:
     assert isinstance(ea[0], IkeSaEstablished) and ea[0].remote_id.type is idb.type and eb[0].remote_id.type is ida.type
     ca, cb = p.children()
     assert ca and cb and ca[0].inbound == cb[0].outbound
+
+
+@pytest.mark.parametrize(("kind", "method"), [("rsa", 3), ("ecdsa", 9), ("ecdsa384", 10), ("ecdsa521", 11)])
+@pytest.mark.parametrize("mode", ["main", "aggressive"])
+def test_signature_method_on_the_wire(pki: Pki, kind: str, method: int, mode: str) -> None:
+    """The authentication method offered is the one for the key: RSA 3, ECDSA by curve (RFC 4754:
+    P-256 9, P-384 10, P-521 11), read from the first message by scapy's ISAKMP layer."""
+    a1, a2, b1, b2, _, _ = _tunnels(pki, kind, mode, "fqdn")
+    p = Pair(a1, [a2], policies_b(b1, b2))
+    first = p.log[0][1].data
+    p.run()
+    assert len(p.established()[0]) == 1 and len(p.established()[1]) == 1
+    attrs = dict(S.ISAKMP(first)[S.ISAKMP_payload_SA].prop.trans.transforms)
+    assert attrs["Authentication"] == ("RSA Sig" if method == 3 else method)
 
 
 def test_certificate_from_another_ca_is_refused(pki: Pki, tmp_path: Path) -> None:

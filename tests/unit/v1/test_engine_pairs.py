@@ -27,7 +27,7 @@ def _check_child_keys(x: ChildSaEstablished, y: ChildSaEstablished) -> None:
 
 
 @pytest.mark.parametrize("mode", ["main", "aggressive"])
-@pytest.mark.parametrize("pfs", [0, 14, 19, 31])
+@pytest.mark.parametrize("pfs", [0, 14, 16, 19, 31])
 def test_modes_and_pfs(mode: str, pfs: int) -> None:
     a1, a2, b1, b2 = basic(mode=mode, pfs=pfs)
     p = Pair(a1, [a2], policies_b(b1, b2))
@@ -48,6 +48,7 @@ IKE_VARIANTS = [
     IkeProposal("aes-cbc", 256, "hmac-sha2-256-128", "hmac-sha2-256", 31),
     IkeProposal("aes-cbc", 128, "hmac-sha2-256-128", "hmac-sha2-256", 19),
     IkeProposal("aes-cbc", 128, "hmac-sha2-256-128", "hmac-sha2-256", 15),
+    IkeProposal("aes-cbc", 256, "hmac-sha2-384-192", "hmac-sha2-384", 16),
 ]
 
 

@@ -14,6 +14,9 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from ike.proto import crypto
 from ike.proto.api import ChildSaEstablished
 from ike.proto.v1 import keys
+from ike.proto.v1.encryption import decrypt_message, encrypt_message
+from ike.proto.v1.payloads import Exchange, Header
+from ike.proto.v1.payloads.header import HEADER_LEN
 
 from .pair import PSK, Pair, basic, policies_b
 
@@ -29,7 +32,8 @@ def H(alg: str, key: bytes, data: bytes) -> bytes:
 
 
 @pytest.mark.parametrize(
-    ("prf", "alg"), [("hmac-sha1", "sha1"), ("hmac-sha2-256", "sha256"), ("hmac-sha2-512", "sha512")]
+    ("prf", "alg"),
+    [("hmac-sha1", "sha1"), ("hmac-sha2-256", "sha256"), ("hmac-sha2-384", "sha384"), ("hmac-sha2-512", "sha512")],
 )
 def test_skeyid_variants_and_derived(prf: str, alg: str) -> None:
     assert keys.skeyid_psk(prf, PSK, NI, NR) == H(alg, PSK, NI + NR)
@@ -50,6 +54,28 @@ def test_cipher_key_expansion_appendix_b() -> None:
     e256 = H("sha256", b"k", b"x")
     assert keys.encryption_key("hmac-sha2-256", e256, 32) == e256
     assert keys.encryption_key("hmac-sha2-256", e256, 16) == e256[:16]
+    e384 = H("sha384", b"k", b"x")
+    assert keys.encryption_key("hmac-sha2-384", e384, 32) == e384[:32]
+
+
+def test_3des_cbc_known_answer() -> None:
+    """TDEA (three keys) in CBC mode: NIST's example values for SP 800-38A CBC with TDES
+    (csrc.nist.gov .../documents/examples/TDES_CBC.pdf), as IKEv1 uses it (RFC 2409 appendix B:
+    the message body after the header, zero-padded to 8 bytes; here exactly four blocks)."""
+    key = bytes.fromhex("0123456789ABCDEF 23456789ABCDEF01 456789ABCDEF0123")
+    iv = bytes.fromhex("F69F2445DF4F9B17")
+    pt = bytes.fromhex("6BC1BEE22E409F96 E93D7E117393172A AE2D8A571E03AC9C 9EB76FAC45AF8E51")
+    ct = bytes.fromhex("2079C3D53AA763E1 93B79E2569AB5262 516570481F25B50F 73C0BDA85C8E0DA7")
+    c = crypto.IkeCipher("3des-cbc", key)
+    assert c.block_size == 8
+    assert c.cbc_encrypt(iv, pt) == ct and c.cbc_decrypt(iv, ct) == pt
+    h = Header(CKY_I, CKY_R, 8, Exchange.INFORMATIONAL, 0, 1)
+    msg = encrypt_message(h, pt, c, iv)
+    assert msg[HEADER_LEN:] == ct and decrypt_message(msg, c, iv) == pt
+    # SKEYID_e stretched to the 24-byte 3DES key (appendix B), SHA-1 gives 20 bytes
+    e = H("sha1", b"k", b"x")
+    k1 = H("sha1", e, b"\x00")
+    assert keys.encryption_key("hmac-sha1", e, 24) == (k1 + H("sha1", e, k1))[:24]
 
 
 def test_ivs() -> None:

@@ -4,6 +4,9 @@ Encrypted messages are captured just before encryption and checked as plaintext.
 
 from __future__ import annotations
 
+import struct
+from dataclasses import replace
+
 import pytest
 from scapy.layers import isakmp as S
 
@@ -112,3 +115,60 @@ def test_dpd_notify_parses_with_scapy(captured: list[bytes]) -> None:
     for n in notes:
         if n.notify_msg_type in (36136, 36137):
             assert n.proto == 1 and n.SPIsize == 16 and ia.spi_i + ia.spi_r == n.SPI and len(n.notify_data) == 4
+
+
+def _attrs(data: bytes) -> list[tuple[int, int]]:
+    """RFC 2408 §3.3 data attributes (TV, or TLV up to 4 bytes), read here by hand."""
+    out, pos = [], 0
+    while pos < len(data):
+        t, v = struct.unpack_from("!HH", data, pos)
+        if t & 0x8000:
+            out.append((t & 0x7FFF, v))
+            pos += 4
+        else:
+            out.append((t, int.from_bytes(data[pos + 4 : pos + 4 + v], "big")))
+            pos += 4 + v
+    return out
+
+
+def test_aggressive_mode_and_status_notifies_parse_with_scapy(captured: list[bytes]) -> None:
+    """AM1-AM3 as the engines send them; INITIAL-CONTACT in AM3 (a's first SA with b) and
+    RESPONDER-LIFETIME in AM2 and QM2 (b's lifetimes are shorter: 3600 s and 1200 s)."""
+    a1, a2, b1, b2 = basic(mode="aggressive")
+    b1 = replace(b1, policy=replace(b1.policy, lifetime_s=3600))
+    b2 = replace(b2, policy=replace(b2.policy, lifetime_s=1200))
+    p = Pair(a1, [a2], policies_b(b1, b2))
+    p.run()
+    ia, ib = p.established()
+    assert ia[0].lifetime_s == 3600 == ib[0].lifetime_s
+    assert p.children()[0][0].lifetime_s == 1200
+    pkts = [S.ISAKMP(m) for m in captured]
+    am1, am2, am3, qm1, qm2 = pkts[:5]
+    cookies = ia[0].spi_i + ia[0].spi_r
+    assert [pk.exch_type for pk in (am1, am2, am3)] == [4, 4, 4] and qm2.exch_type == 32
+    assert am1.resp_cookie == b"\0" * 8 and am2.resp_cookie == ia[0].spi_r
+    # AM1: SA, KE, nonce and the initiator's ID, in that order (RFC 2409 §5.4)
+    kinds1 = [type(x).__name__ for x in _layers(am1)]
+    assert kinds1[:4] == ["ISAKMP_payload_SA", "ISAKMP_payload_KE", "ISAKMP_payload_Nonce", "ISAKMP_payload_ID"]
+    assert dict(am1[S.ISAKMP_payload_SA].prop.trans.transforms)["LifeDuration"] == 28800
+    assert len(am1[S.ISAKMP_payload_KE].ke) == 256
+    assert am1[S.ISAKMP_payload_ID].IDtype == 1 and am1[S.ISAKMP_payload_ID].IdentData == "198.18.0.1"
+    # AM2: SA, KE, nonce, ID, HASH_R, and RESPONDER-LIFETIME for the ISAKMP SA
+    kinds2 = [type(x).__name__ for x in _layers(am2)]
+    assert kinds2[:5] == [
+        "ISAKMP_payload_SA", "ISAKMP_payload_KE", "ISAKMP_payload_Nonce", "ISAKMP_payload_ID", "ISAKMP_payload_Hash",
+    ]  # fmt: skip
+    assert am2[S.ISAKMP_payload_ID].IdentData == "198.18.0.2" and len(am2[S.ISAKMP_payload_Hash].hash) == 32
+    n2 = am2[S.ISAKMP_payload_Notify]
+    assert n2.notify_msg_type == 24576 and n2.proto == 1 and n2.SPIsize == 16 and bytes(n2.SPI) == cookies
+    assert _attrs(bytes(n2.notify_data)) == [(11, 1), (12, 3600)]  # life type seconds, duration
+    # AM3: HASH_I first, INITIAL-CONTACT for the ISAKMP SA, no data
+    assert isinstance(am3.payload, S.ISAKMP_payload_Hash) and len(am3.hash) == 32
+    n3 = am3[S.ISAKMP_payload_Notify]
+    assert n3.notify_msg_type == 24578 and n3.proto == 1 and n3.SPIsize == 16 and bytes(n3.SPI) == cookies
+    assert not bytes(n3.notify_data)
+    # QM2: RESPONDER-LIFETIME for the ESP SA, named by the SPI of the initiator's proposal
+    nq = qm2[S.ISAKMP_payload_Notify]
+    spi_a = qm1[S.ISAKMP_payload_SA].prop.SPI
+    assert nq.notify_msg_type == 24576 and nq.proto == 3 and nq.SPIsize == 4 and bytes(nq.SPI) == bytes(spi_a)
+    assert _attrs(bytes(nq.notify_data)) == [(1, 1), (2, 1200)]
