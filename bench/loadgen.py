@@ -25,7 +25,6 @@ import socket
 import sys
 import time
 from collections import Counter
-from collections.abc import Sequence
 from typing import Any
 
 from ike.policy import (
@@ -49,26 +48,9 @@ from ike.proto.api import (
     SpiAdded,
     SpiRemoved,
 )
+from ike.proto.static_policies import StaticPolicies
 
 MARKER = b"\0\0\0\0"
-
-
-class Policies:
-    """The initiator side needs its own definition only."""
-
-    def __init__(self, p1: Phase1Tunnel, p2: Phase2Tunnel) -> None:
-        self.p1, self.p2 = p1, p2
-
-    def phase1_by_address(self, local_ip: str, remote_ip: str) -> Sequence[Phase1Tunnel]:
-        return [self.p1]
-
-    def phase1_by_identity(self, local_ip: str, remote_ip: str, remote_id: Identity) -> Phase1Tunnel | None:
-        return self.p1
-
-    def phase2_for(
-        self, phase1: Phase1Tunnel, local_ts: Sequence[TrafficSelector], remote_ts: Sequence[TrafficSelector]
-    ) -> Phase2Tunnel | None:
-        return self.p2
 
 
 def definitions(a: argparse.Namespace) -> tuple[Phase1Tunnel, Phase2Tunnel]:
@@ -112,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     engine_cls = getattr(mod, f"Ikev{a.version}Engine")
     demux = mod.demux
     p1, p2 = definitions(a)
-    policies = Policies(p1, p2)
+    policies = StaticPolicies([p1], [p2])
     settings = EngineSettings(retransmit_timeout_s=2.0, retransmit_tries=3)
 
     fam = socket.AF_INET6 if ":" in a.local else socket.AF_INET

@@ -15,8 +15,6 @@ import select
 import socket
 import sys
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 from ike.policy import (
     AuthMethod,
@@ -31,7 +29,7 @@ from ike.policy import (
     TrafficSelector,
 )
 from ike.proto.api import Datagram, EngineSettings, Event
-from ike.proto.identity import identities_match
+from ike.proto.static_policies import StaticPolicies
 from ike.proto.v2 import Ikev2Engine, StatelessOutput
 
 NON_ESP = b"\0\0\0\0"
@@ -46,28 +44,6 @@ ESP = {
     "cbc": EspProposal("aes-cbc", 256, "hmac-sha2-256-128"),  # kernel-libipsec has no ESN
     "chacha": EspProposal("chacha20-poly1305", 256, None),
 }
-
-
-@dataclass
-class Policies:
-    phase1s: list[Phase1Tunnel] = field(default_factory=list)
-    phase2s: list[Phase2Tunnel] = field(default_factory=list)
-
-    def phase1_by_address(self, local_ip: str, remote_ip: str) -> Sequence[Phase1Tunnel]:
-        return [t for t in self.phase1s if t.local_addr == local_ip and t.remote_addr == remote_ip]
-
-    def phase1_by_identity(self, local_ip: str, remote_ip: str, remote_id: Identity) -> Phase1Tunnel | None:
-        return next(
-            (t for t in self.phase1_by_address(local_ip, remote_ip) if identities_match(t.remote_id, remote_id)), None
-        )
-
-    def phase2_for(
-        self, phase1: Phase1Tunnel, local_ts: Sequence[TrafficSelector], remote_ts: Sequence[TrafficSelector]
-    ) -> Phase2Tunnel | None:
-        for p in self.phase2s:
-            if any(p.local_ts.intersect(t) for t in local_ts) and any(p.remote_ts.intersect(t) for t in remote_ts):
-                return p
-        return None
 
 
 def _event(ev: Event) -> dict[str, object]:
@@ -107,7 +83,7 @@ def main(cfg: dict[str, object]) -> None:
         Phase2Tunnel(n + 1, f"c{n + 1}", 1, TrafficSelector.parse(lt), TrafficSelector.parse(rt), dm)
         for n, (lt, rt) in enumerate(ts)  # type: ignore[arg-type]
     ]
-    policies = Policies([p1], p2s)
+    policies = StaticPolicies([p1], p2s)
     s500 = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     s500.bind((local, 500))
     s4500 = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)

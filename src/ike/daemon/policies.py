@@ -118,6 +118,9 @@ class IndexedPolicies:
                 best, best_score = p1, score
         return best
 
+    def phase2_definitions(self, phase1: Phase1Tunnel) -> Sequence[Phase2Tunnel]:
+        return tuple(self.p2_under.get(phase1.number, ()))
+
     def phase2_for(
         self, phase1: Phase1Tunnel, local_ts: Sequence[TrafficSelector], remote_ts: Sequence[TrafficSelector]
     ) -> Phase2Tunnel | None:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Protocol
 
 from ike.policy import (
     EspProposal,
@@ -189,13 +189,9 @@ class PolicySource(Protocol):
         (`local_ts` is ours, seen from our side). The engine narrows."""
         ...
 
-
-@runtime_checkable
-class Phase2Catalog(Protocol):
-    """What a PolicySource may offer besides: every phase 2 definition under a phase 1, for the
-    'offered' side of a selector mismatch event (engines check for it; without it that side is empty)."""
-
-    def phase2_definitions(self, phase1: Phase1Tunnel) -> Sequence[Phase2Tunnel]: ...
+    def phase2_definitions(self, phase1: Phase1Tunnel) -> Sequence[Phase2Tunnel]:
+        """Every phase 2 definition under `phase1`: what we offer, in a selector mismatch event."""
+        ...
 
 
 @dataclass(frozen=True)

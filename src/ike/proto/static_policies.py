@@ -105,7 +105,6 @@ class StaticPolicies:
         return None
 
     def phase2_definitions(self, phase1: Phase1Tunnel) -> Sequence[Phase2Tunnel]:
-        """(api.Phase2Catalog)"""
         return tuple(self._p2_under.get(phase1.number, ()))
 
     def phase2_for(

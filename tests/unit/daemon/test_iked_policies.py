@@ -69,6 +69,11 @@ def test_phase2_for_overlap(pol: IndexedPolicies) -> None:
     assert pol.phase2_for(t1, [TrafficSelector.parse("198.19.7.5")], [TrafficSelector.parse("198.19.3.0/25")]) is None
 
 
+def test_phase2_definitions_are_what_we_offer_on_a_mismatch(pol: IndexedPolicies) -> None:
+    assert [t.number for t in pol.phase2_definitions(pol.p1_by_number[1])] == [11, 12]
+    assert pol.phase2_definitions(pol.p1_by_number[2]) == ()
+
+
 def test_phase2_for_prefers_exact_then_narrowest() -> None:
     pol = IndexedPolicies(
         [p1(1, "198.18.0.1", "198.18.0.2", "198.18.0.2")],

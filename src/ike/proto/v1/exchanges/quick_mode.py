@@ -21,7 +21,7 @@ import os
 from dataclasses import dataclass
 
 from ike.policy import EspProposal, Phase2Tunnel, TrafficSelector
-from ike.proto.api import ChildSaKeys, Datagram, Phase2Catalog, PolicySource, Role
+from ike.proto.api import ChildSaKeys, Datagram, PolicySource, Role
 from ike.proto.crypto import CryptoError, DhPrivate
 from ike.proto.transforms import DH
 from ike.proto.v1 import natt
@@ -370,7 +370,7 @@ class QuickMode:
         p2 = self.policies.phase2_for(self.sa.phase1, [idcr], [idci])
         if p2 is None:
             # Both sides as "ours <-> theirs", as for a definition that does not overlap (below).
-            defs = self.policies.phase2_definitions(self.sa.phase1) if isinstance(self.policies, Phase2Catalog) else ()
+            defs = self.policies.phase2_definitions(self.sa.phase1)
             raise ExchangeFailed(
                 f"no phase 2 tunnel under {self.sa.phase1.name} covers the peer's selectors "
                 f"{idci} (theirs) <-> {idcr} (ours)",
