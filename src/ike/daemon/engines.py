@@ -71,11 +71,19 @@ class RealEngines:
         return result
 
     def initiate(
-        self, phase1: Phase1Tunnel, children: list[Phase2Tunnel], local: Address, remote: Address, now: float
+        self,
+        phase1: Phase1Tunnel,
+        children: list[Phase2Tunnel],
+        local: Address,
+        remote: Address,
+        now: float,
+        initial_contact: bool = True,
     ) -> tuple[Engine, list[Phase2Tunnel]]:
         version = phase1.policy.version
         cls = getattr(self._module(version), _CLASSES[version][1])
-        engine: Engine = cls.initiate(phase1, list(children), self.policies, self.settings, local, remote, now)
+        engine: Engine = cls.initiate(
+            phase1, list(children), self.policies, self.settings, local, remote, now, initial_contact=initial_contact
+        )
         # Both engines queue every child given to them behind phase 1 (IKEv2 puts the first in
         # IKE_AUTH, the rest in CREATE_CHILD_SA exchanges).
         return engine, list(children)

@@ -59,11 +59,18 @@ class EngineFactory(Protocol):
     def demux(self, data: bytes) -> Demux | None: ...
 
     def initiate(
-        self, phase1: Phase1Tunnel, children: list[Phase2Tunnel], local: Address, remote: Address, now: float
+        self,
+        phase1: Phase1Tunnel,
+        children: list[Phase2Tunnel],
+        local: Address,
+        remote: Address,
+        now: float,
+        initial_contact: bool = True,
     ) -> tuple[Engine, list[Phase2Tunnel]]:
         """A new initiating engine, and those of `children` it took on itself (IKEv2 carries the
         first in IKE_AUTH; IKEv1 queues them all behind phase 1). The manager starts the rest
-        with start_child once phase 1 is up."""
+        with start_child once phase 1 is up. `initial_contact`: we hold nothing with this peer, so
+        the engine may tell it to drop what it still holds with us."""
         ...
 
     def respond(self, version: int, dg: Datagram, now: float) -> tuple[Engine | None, list[Datagram], list[Event]]:
@@ -253,6 +260,7 @@ class TunnelManager:
         self.by_spi: dict[bytes, Slot] = {}
         self.half_open: dict[tuple[Address, bytes], Slot] = {}
         self.slots: dict[int, Slot] = {}
+        self._slots_by_peer: dict[str, int] = {}  # peer address -> engines we hold with it
         self.p1: dict[int, P1Entry] = {}
         self.p2: dict[int, P2Entry] = {}
         self.p1_live_by_def: dict[int, P1Entry] = {}
@@ -381,6 +389,7 @@ class TunnelManager:
         slot = Slot(self._next_slot, engine, version, role, remote)
         self._next_slot += 1
         self.slots[slot.id] = slot
+        self._slots_by_peer[remote[0]] = self._slots_by_peer.get(remote[0], 0) + 1
         return slot
 
     # --- driving engines ------------------------------------------------------------------------
@@ -474,7 +483,12 @@ class TunnelManager:
                 del self.by_spi[spi]
         if slot.half_open_key is not None and self.half_open.get(slot.half_open_key) is slot:
             del self.half_open[slot.half_open_key]
-        self.slots.pop(slot.id, None)
+        if self.slots.pop(slot.id, None) is not None:
+            n = self._slots_by_peer.get(slot.remote[0], 0) - 1
+            if n > 0:
+                self._slots_by_peer[slot.remote[0]] = n
+            else:
+                self._slots_by_peer.pop(slot.remote[0], None)
         why = reason or "IKE association ended"
         if slot.p1_pending is not None:
             self._p1_fail(slot.p1_pending, why)
@@ -820,7 +834,8 @@ class TunnelManager:
     def _on_child_up(self, slot: Slot, ev: ChildSaEstablished) -> None:
         entry: P2Entry | None = None
         if slot.detached and ev.rekey_of is not None:
-            # Not refreshed (its phase 1 was removed): the old SA runs until it expires.
+            # Not refreshed (its phase 1 was removed): the old SA runs until it expires. The engine
+            # refuses rekeys from then on; this is one that was already under way.
             log.info("phase 2 SA %s: not refreshed (its phase 1 was removed); deleting the new one", ev.rekey_of)
             self._call_nopump(slot, lambda eng: eng.delete_child(ev.child_id, self.now()))
             return
@@ -971,6 +986,15 @@ class TunnelManager:
                 slot.queued_children.clear()
             return
         p2e: P2Entry | None = None
+        rekeyed = slot.p2_by_child.get(ev.rekey_of) if ev.rekey_of is not None else None
+        if rekeyed is not None:
+            # A rekey that failed: the tunnel runs on with its current SA (the engine tries again or
+            # lets it expire); it is not a new failed tunnel.
+            rekeyed.last_error = f"rekey failed: {ev.reason}"
+            rekeyed.offered, rekeyed.peer_offered = tuple(ev.offered), tuple(ev.peer_offered)
+            rekeyed.notify = ev.notify
+            log.warning("phase 2 tunnel %d: rekey failed: %s", rekeyed.number, ev.reason)
+            return
         if ev.phase2 is not None:
             pending = slot.p2_pending.get(ev.phase2.number)
             if pending:
@@ -1232,7 +1256,10 @@ class TunnelManager:
         # Children already up (e.g. under a responder SA) are not negotiated again.
         fresh = [c for c in children if self._refreshed_p2(c.number, toward) is None]
         try:
-            engine, took = self.factory.initiate(p1, fresh, local, remote, self.now())
+            # INITIAL_CONTACT only when nothing of ours is left with this peer: a phase 2 SA running
+            # on after `remove phase=1` (or another definition's tunnel) must not be dropped there.
+            first = not self._slots_by_peer.get(remote_ip)
+            engine, took = self.factory.initiate(p1, fresh, local, remote, self.now(), initial_contact=first)
         except Exception as e:
             log.exception("starting phase 1 tunnel %s failed", p1.name)
             d = self._dead_p1(p1, f"could not start: {e}")

@@ -147,6 +147,7 @@ class NegotiationFailed:
     offered: tuple[str, ...] = ()
     peer_offered: tuple[str, ...] = ()
     notify: str | None = None  # the notify type sent or received, e.g. NO_PROPOSAL_CHOSEN
+    rekey_of: int | None = None  # a failed rekey of this child SA (engine-local id), which runs on
 
 
 @dataclass(frozen=True)

@@ -305,10 +305,17 @@ class ToyFactory:
         return Demux(spi_r, spi_i, 2) if body.get("from") == "i" else Demux(spi_i, spi_r, 2)
 
     def initiate(
-        self, phase1: Phase1Tunnel, children: list[Phase2Tunnel], local: Address, remote: Address, now: float
+        self,
+        phase1: Phase1Tunnel,
+        children: list[Phase2Tunnel],
+        local: Address,
+        remote: Address,
+        now: float,
+        initial_contact: bool = True,
     ) -> tuple[ToyEngine, list[Phase2Tunnel]]:
         """Like IKEv2: the first child rides along with the IKE SA, the rest the manager starts."""
         e = ToyEngine(Role.INITIATOR, self.policies, local, remote, phase1.policy.version)
+        e.initial_contact = initial_contact  # what the manager asked for, for the tests to read
         first = children[0] if children else None
         e.start(phase1, first, now)
         self.engines.append(e)

@@ -162,16 +162,22 @@ def test_activating_after_phase1_removal_negotiates_a_new_phase2(net: ShortNet, 
     recs = {t["tunnel"]: t for t in net.a.listing("2", None, None)["tunnels"]}
     assert (recs[1]["state"], recs[1]["refresh"]) == ("established", False)  # the orphan runs on
     assert (recs[2]["state"], recs[2]["refresh"], recs[2]["phase1_tunnel"]) == ("established", True, 2)
-    net.run(P2_LIFE + 1)
-    orphan = net.a.p2[1]
-    if orphan.live and orphan.dp_id is not None:
-        # The IKEv2 engine ends an expired child with a Delete exchange (here unanswered: the peer
-        # took our new IKE SA's INITIAL_CONTACT as a restart); the real data planes end it at
-        # its hard lifetime, which the `none` data plane does not keep.
-        net.a.on_dataplane_expire(orphan.dp_id, hard=True)
-        net.run(0.1)
+    # No INITIAL_CONTACT with the new phase 1 (the orphan is still ours with this peer), so the
+    # peer keeps its half of the orphan too: both run on to their expiry.
+    b_p2 = [t for t in net.b.listing("2", None, None)["tunnels"] if t["state"] == "established"]
+    assert len(b_p2) == 2, b_p2
+    net.run(P2_LIFE - 0.7)  # past the peer's rekey time (a responder's margin is half), before expiry
     recs = {t["tunnel"]: t for t in net.a.listing("2", None, None)["tunnels"]}
-    assert recs[1]["state"] == "expired"  # it ran out, as the manual says
+    assert (recs[1]["state"], recs[1]["rekeys"]) == ("established", 0), recs[1]  # not refreshed, still up
+    # The peer's own rekeys of it were refused: noted on its tunnel, not listed as failed tunnels.
+    b_recs = net.b.listing("2", None, None)["tunnels"]
+    assert [t["state"] for t in b_recs] == ["established", "established"], b_recs
+    if net.version == 2:
+        assert "rekey failed" in (b_recs[0]["last_error"] or ""), b_recs[0]
+    net.run(1.7)
+    recs = {t["tunnel"]: t for t in net.a.listing("2", None, None)["tunnels"]}
+    # It ran out, as the manual says: expired here, or deleted by the peer when it expired there.
+    assert (recs[1]["state"], recs[1]["rekeys"]) in (("expired", 0), ("deleted", 0)), recs[1]
     assert (recs[2]["state"], recs[2]["refresh"]) == ("established", True) and recs[2]["rekeys"] >= 1
     assert len(net.da.children) == 1 and len(net.db.children) == 1
     # and activating once more finds the refreshed one

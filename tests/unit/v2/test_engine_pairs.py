@@ -564,6 +564,25 @@ def test_stop_refreshing_lets_children_run_to_expiry() -> None:
     assert len(net.i.of(ChildSaEstablished)) == 1  # never refreshed
 
 
+def test_after_stop_refreshing_the_peers_child_rekeys_are_refused_and_its_ike_rekey_taken() -> None:
+    """Only our side stopped refreshing (the peer knows nothing of the AIX phase 1 removal): its
+    child rekey gets NO_ADDITIONAL_SAS and its old child runs on to expiry; its IKE SA rekey is
+    taken, so the IKE SA outlives its own lifetime and carries the child that far."""
+    net = pair(p2s=[phase2(lifetime_s=100)], p1=phase1(lifetime_s=60, dpd_delay_s=0))
+    net.pump()
+    start = net.now
+    assert net.i.engine is not None and net.r.engine is not None
+    net.i.engine.stop_refreshing(net.now)  # the peer (responder) keeps refreshing
+    net.run(99)
+    refused = [f for f in net.r.of(NegotiationFailed) if f.notify == "NO_ADDITIONAL_SAS"]
+    assert refused and all(f.rekey_of is not None for f in refused), net.r.of(NegotiationFailed)
+    assert not net.i.of(ChildSaDeleted) and len(net.i.of(ChildSaEstablished)) == 1
+    assert net.i.of(IkeSaEstablished)[-1].rekey_of is not None  # the peer's IKE rekey went through
+    net.run(5)
+    assert net.i.of(ChildSaDeleted) and net.now - start >= 100
+    assert len(net.i.of(ChildSaEstablished)) == 1  # never refreshed
+
+
 def test_without_stop_refreshing_the_child_is_rekeyed_before_expiry() -> None:
     """The control case for the test above: the same lifetimes do rekey when refreshing is on."""
     net = pair(p2s=[phase2(lifetime_s=100)], p1=phase1(lifetime_s=1000, dpd_delay_s=0))

@@ -192,6 +192,7 @@ class Ikev1Engine(EngineOutput):
         self._next_child_id = 1
         self._closing = False
         self._ever_established = False
+        self._initial_contact = True
         self._now = now
         self._current_request = b""
 
@@ -207,8 +208,12 @@ class Ikev1Engine(EngineOutput):
         local: Address,
         remote: Address,
         now: float,
+        initial_contact: bool = True,
     ) -> Ikev1Engine:
+        """`initial_contact`: no other SA with this peer exists, so INITIAL-CONTACT goes with the
+        first phase 1 (never with its renewals); the daemon knows."""
         eng = cls(policies, settings, local, remote, Role.INITIATOR, now)
+        eng._initial_contact = initial_contact
         eng._phase1 = phase1
         eng._pending = [(c, None) for c in children]
         eng._guard(lambda: eng._start_phase1(now, None), remote)
@@ -511,7 +516,8 @@ class Ikev1Engine(EngineOutput):
         exch = Exchange.AGGRESSIVE if p1.policy.mode == "aggressive" else Exchange.MAIN
         sa = IsakmpSa(self._new_sa_id(), Role.INITIATOR, cky_i, ZERO_COOKIE, local, remote, exch)
         sa.rekey_of = rekey_of
-        ctx = Phase1Context(self._policies, self._settings, initial_contact=not self._ever_established)
+        first = self._initial_contact and not self._ever_established
+        ctx = Phase1Context(self._policies, self._settings, initial_contact=first)
         try:
             x: Phase1Exchange = (AggressiveMode if exch == Exchange.AGGRESSIVE else MainMode)(sa, ctx, p1)
             data = x.start()
@@ -659,14 +665,14 @@ class Ikev1Engine(EngineOutput):
                 self._start_phase1(now, None)
             return
         if sum(1 for q in self._qms.values() if not q.done) >= _MAX_QM_IN_FLIGHT:
-            self.emit(NegotiationFailed(2, "too many quick modes in flight", sa.phase1, phase2))
+            self.emit(NegotiationFailed(2, "too many quick modes in flight", sa.phase1, phase2, rekey_of=rekey_of))
             return
         msgid = informational.new_msgid(sa)
         qm = QuickMode(sa, Role.INITIATOR, msgid, self._policies, phase2, rekey_of)
         try:
             data = qm.start()
         except ExchangeFailed as e:
-            self.emit(NegotiationFailed(2, e.reason, sa.phase1, phase2, offered=e.offered))
+            self.emit(NegotiationFailed(2, e.reason, sa.phase1, phase2, offered=e.offered, rekey_of=rekey_of))
             return
         self._qms[(sa.our_cookie, msgid)] = qm
         self._send_waiting(("qm", sa.our_cookie, msgid), data, sa, 2, f"quick mode for {phase2.name}", now)
@@ -740,6 +746,7 @@ class Ikev1Engine(EngineOutput):
                 offered=e.offered,
                 peer_offered=e.peer_offered,
                 notify=notify_name(e.notify) if e.notify is not None else e.received_notify,
+                rekey_of=qm.rekey_of,
             )
         )
         self._qms.pop((sa.our_cookie, qm.msgid), None)
@@ -1017,7 +1024,8 @@ class Ikev1Engine(EngineOutput):
             assert isinstance(cookie, bytes) and isinstance(msgid, int)
             qm = self._qms.pop((cookie, msgid), None)
             sa = self._sas.get(cookie)
-            self.emit(NegotiationFailed(2, reason, sa.phase1 if sa else None, qm.phase2 if qm else None))
+            p1, p2, rekey_of = (sa.phase1 if sa else None), (qm.phase2 if qm else None), (qm.rekey_of if qm else None)
+            self.emit(NegotiationFailed(2, reason, p1, p2, rekey_of=rekey_of))
         elif key[0] == "dpd":
             self._peer_dead()
 

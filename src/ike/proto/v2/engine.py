@@ -159,6 +159,7 @@ class Ikev2Engine(EngineOutput):
         self._ca_cache: dict[str, list[x509.Certificate]] = {}
         self._keyid_cache: dict[str, list[bytes]] = {}
         self._own_cache: dict[tuple[str, str], tuple[x509.Certificate, certs.PrivateKey]] = {}
+        self.send_initial_contact = True  # initiator: INITIAL_CONTACT in the first IKE_AUTH
 
     # --- construction -----------------------------------------------------------------------------
 
@@ -172,8 +173,11 @@ class Ikev2Engine(EngineOutput):
         local: Address,
         remote: Address,
         now: float,
+        initial_contact: bool = True,
     ) -> Ikev2Engine:
+        """`initial_contact`: no other SA with this peer exists (RFC 7296 §2.4); the daemon knows."""
         eng = cls(policies, settings, Role.INITIATOR)
+        eng.send_initial_contact = initial_contact
         eng.phase1 = phase1
         eng._wanted = list(children)
         eng._origin = (local, remote)
@@ -300,7 +304,9 @@ class Ikev2Engine(EngineOutput):
     def stop_refreshing(self, now: float) -> None:
         """AIX phase 1 removal: the child SAs run on until they expire and are not rekeyed, and
         neither is this IKE SA (RFC 7296 §1.4.1 keeps it for them; the daemon deletes it with the
-        last child). Deadlines only move later, so the lazy heap needs no push."""
+        last child). The peer's requests for a new or rekeyed child SA are refused with
+        NO_ADDITIONAL_SAS; its IKE SA rekey is taken, so the children reach their own expiry.
+        Deadlines only move later, so the lazy heap needs no push."""
         self._refresh = False
 
     def rekey_child(self, child_id: int, now: float) -> None:
@@ -368,9 +374,10 @@ class Ikev2Engine(EngineOutput):
         offered: tuple[str, ...] = (),
         peer_offered: tuple[str, ...] = (),
         notify: str | None = None,
+        rekey_of: int | None = None,
     ) -> None:
         self.stats["failed"] += 1
-        self.emit(NegotiationFailed(phase, reason, phase1, phase2, offered, peer_offered, notify))
+        self.emit(NegotiationFailed(phase, reason, phase1, phase2, offered, peer_offered, notify, rekey_of))
 
     def fail(
         self,
@@ -383,10 +390,18 @@ class Ikev2Engine(EngineOutput):
         peer_offered: tuple[str, ...] = (),
         notify: str | None = None,
         kill: bool = True,
+        rekey_of: int | None = None,
     ) -> None:
         """Report a failure; a phase 1 failure of an SA being set up also ends that SA."""
         self.emit_failed(
-            phase, reason, phase1=sa.phase1, phase2=phase2, offered=offered, peer_offered=peer_offered, notify=notify
+            phase,
+            reason,
+            phase1=sa.phase1,
+            phase2=phase2,
+            offered=offered,
+            peer_offered=peer_offered,
+            notify=notify,
+            rekey_of=rekey_of,
         )
         if kill and phase == 1 and sa.state in (IkeState.INIT_SENT, IkeState.AUTH_SENT, IkeState.HALF_OPEN):
             self.kill_sa(sa, reason, self._now, quiet=True)
@@ -910,7 +925,13 @@ class Ikev2Engine(EngineOutput):
             if sa.state is not IkeState.ESTABLISHED:
                 return Reply([NotifyPayload(notify_type=n.TEMPORARY_FAILURE)])
             if ike_rekey.is_ike_rekey(msg):
+                # Taken even when not refreshing: the new IKE SA carries the children to their expiry.
                 return ike_rekey.process_r(self, sa, msg, now)
+            if not self._refresh:
+                # Phase 1 removed (stop_refreshing): no new child SA and no child rekey, ours or the
+                # peer's; the peer keeps its SAs until they expire (strongSwan retries until then).
+                self.stats["CREATE_CHILD_SA refused (not refreshing)"] += 1
+                return Reply([NotifyPayload(notify_type=n.NO_ADDITIONAL_SAS)])
             rekey = msg.notify(n.REKEY_SA)
             if rekey is not None:
                 return child_rekey.process_r(self, sa, msg, rekey, now)

@@ -131,6 +131,7 @@ def process_response(
             2,
             f"peer refused child SA {p2.name}: {what}",
             phase2=p2,
+            rekey_of=rekey_of,
             offered=offer.offered(),
             notify=n.notify_name(err.notify_type) if err else None,
         )
@@ -143,6 +144,7 @@ def process_response(
             2,
             f"peer chose a proposal for child SA {p2.name} that we did not offer",
             phase2=p2,
+            rekey_of=rekey_of,
             offered=offer.offered(),
             peer_offered=props.describe(sap.proposals),
             notify="NO_PROPOSAL_CHOSEN",
@@ -157,13 +159,14 @@ def process_response(
                 2,
                 f"peer's response for child SA {p2.name} lacks a KE payload of PFS group {offer.dh.group}",
                 phase2=p2,
+                rekey_of=rekey_of,
                 offered=offer.offered(),
             )
             return None
         try:
             g_ir = offer.dh.shared(ke.data)
         except CryptoError as e:
-            eng.fail(sa, 2, f"peer's PFS key exchange value is invalid: {e}", phase2=p2)
+            eng.fail(sa, 2, f"peer's PFS key exchange value is invalid: {e}", phase2=p2, rekey_of=rekey_of)
             return None
     bad = [t for t in tsi.selectors if not any(o.contains(t) for o in offer.local_ts)]
     bad += [t for t in tsr.selectors if not any(o.contains(t) for o in offer.remote_ts)]
@@ -173,6 +176,7 @@ def process_response(
             2,
             f"peer's selectors for child SA {p2.name} are not within what we proposed ({', '.join(map(str, bad))})",
             phase2=p2,
+            rekey_of=rekey_of,
             offered=describe_ts(offer.local_ts, offer.remote_ts),
             peer_offered=describe_ts(tsi.selectors, tsr.selectors),
             notify="TS_UNACCEPTABLE",
@@ -186,6 +190,7 @@ def process_response(
             2,
             f"peer did not accept transport mode for child SA {p2.name}",
             phase2=p2,
+            rekey_of=rekey_of,
             offered=("mode transport",),
             peer_offered=("mode tunnel",),
         )

@@ -147,7 +147,7 @@ class IkeAuth(Task):
 
         out += certreq_payloads(eng, p1.policy.auth, p1.credentials.ca_file)
         out += [p for p in auth if isinstance(p, AuthPayload)]
-        if not sa.initial_contact_sent:
+        if eng.send_initial_contact and not sa.initial_contact_sent:
             out.append(NotifyPayload(notify_type=n.INITIAL_CONTACT))
             sa.initial_contact_sent = True
         if self.phase2 is not None:
