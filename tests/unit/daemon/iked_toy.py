@@ -313,9 +313,9 @@ class ToyFactory:
         now: float,
         initial_contact: bool = True,
     ) -> tuple[ToyEngine, list[Phase2Tunnel]]:
-        """Like IKEv2: the first child rides along with the IKE SA, the rest the manager starts."""
+        """Like IKEv2: the first child rides along with the IKE SA, the rest the manager starts.
+        (The toy has no INITIAL_CONTACT; the real engines' tests cover it.)"""
         e = ToyEngine(Role.INITIATOR, self.policies, local, remote, phase1.policy.version)
-        e.initial_contact = initial_contact  # what the manager asked for, for the tests to read
         first = children[0] if children else None
         e.start(phase1, first, now)
         self.engines.append(e)
