@@ -622,3 +622,97 @@ def test_filter_through_libnftables_and_the_nft_program_alike() -> None:
     assert lib == prog
     assert "198.19.2.0 . 198.19.1.0" in lib and "2001:db8" not in lib and "tcp" not in lib
     assert lib.rstrip().endswith("after:")
+
+
+_ROUTES_SCRIPT = """
+import asyncio, dataclasses, json, subprocess
+from ike.dataplane.base import DataPlaneError
+from ike.dataplane.manual import build_child, parser
+from ike.policy import TrafficSelector as T
+
+def child(cid, local, remote):
+    a = ["--local", "198.18.0.1", "--remote", "198.18.0.2", "--local-ts", "198.19.1.0/24",
+         "--remote-ts", "198.19.2.0/24", "--spi-in", "%x" % (0x1000 + cid), "--spi-out", "%x" % (0x2000 + cid),
+         "--key-in", "00" * 20, "--key-out", "00" * 20, "--no-udp", "--child-id", str(cid)]
+    c = build_child(parser().parse_args(a))
+    return dataclasses.replace(c, local_ts=tuple(map(T.parse, local)), remote_ts=tuple(map(T.parse, remote)))
+
+def routes():
+    out = {}
+    for fam in ("-4", "-6"):
+        p = subprocess.run(["ip", "-j", fam, "route", "show", "table", "4501"], capture_output=True, text=True)
+        out[fam] = sorted([r["dst"], r["dev"], r.get("prefsrc")] for r in json.loads(p.stdout or "[]"))
+    return out
+
+async def main():
+    from ike.dataplane.userspace import UserspaceDataPlane
+    dp = UserspaceDataPlane(inbound_filter=False)
+    await dp.start()
+    snap = {}
+    try:
+        dp.install(child(1, ["198.19.1.0/24", "2001:db8:1::/64"],
+                         ["198.19.2.0/24", "198.19.5.0-198.19.6.255", "2001:db8:2::/64"]))
+        snap["one"] = routes()
+        snap["dumps_one"] = dp._addrs.dumps
+        # an address added after the first dump must be seen: it is the next child's source hint
+        subprocess.run(["ip", "addr", "add", "198.19.7.1/24", "dev", "lan0"], check=True)
+        dp.install(child(2, ["198.19.7.0/24"], ["198.19.8.0/24", "198.19.2.0/24"]))
+        snap["two"] = routes()
+        dumps = dp._addrs.dumps
+        dp.install(child(3, ["198.19.7.0/24"], ["198.19.8.0/24"]))  # every route taken already: no dump
+        snap["dumps_unchanged"] = dp._addrs.dumps == dumps
+        dp.remove(3)
+        dp.remove(1)
+        snap["after_one"] = routes()
+        good, dp._ifindex = dp._ifindex, 999999  # a device the kernel does not have: it refuses the route
+        try:
+            dp.install(child(4, ["198.19.1.0/24"], ["198.19.8.0/24", "198.19.9.0/24"]))
+            snap["refused"] = None
+        except DataPlaneError as e:
+            snap["refused"] = str(e)
+        dp._ifindex = good
+        snap["after_refused"] = routes()
+        dp.remove(2)
+        snap["none"] = routes()
+    finally:
+        await dp.close()
+    print(json.dumps(snap))
+
+asyncio.run(main())
+"""
+
+
+def test_routes_in_the_table_follow_install_and_remove() -> None:
+    """`ip route show table 4501` lists exactly the routes of the installed children, with the source
+    hint from the local selectors (an address added meanwhile included), shared routes stay until the
+    last child using them goes, a route the kernel refuses fails the install with the kernel's reason
+    and leaves nothing behind, and nothing is left after the last removal."""
+    with two_hosts(v6=True) as (a, _b):
+        out = a.run([sys.executable, "-c", _ROUTES_SCRIPT], env=_ENV).stdout
+    snap = json.loads(out.splitlines()[-1])
+    tun = "ike0"
+    assert snap["one"] == {
+        "-4": [
+            ["198.19.2.0/24", tun, "198.19.1.1"],
+            ["198.19.5.0/24", tun, "198.19.1.1"],
+            ["198.19.6.0/24", tun, "198.19.1.1"],
+        ],
+        "-6": [["2001:db8:2::/64", tun, "2001:db8:1::1"]],
+    }, snap
+    assert snap["dumps_one"] == 1
+    assert snap["two"]["-4"] == [
+        ["198.19.2.0/24", tun, "198.19.1.1"],  # child 1's route, shared with child 2
+        ["198.19.5.0/24", tun, "198.19.1.1"],
+        ["198.19.6.0/24", tun, "198.19.1.1"],
+        ["198.19.8.0/24", tun, "198.19.7.1"],
+    ], snap
+    assert snap["dumps_unchanged"] is True
+    assert snap["after_one"] == {
+        "-4": [["198.19.2.0/24", tun, "198.19.1.1"], ["198.19.8.0/24", tun, "198.19.7.1"]],
+        "-6": [],
+    }, snap
+    assert snap["refused"] is not None
+    assert snap["refused"].startswith("child SA 4: routing 198.19.9.0/24 into ike0, table 4501"), snap
+    assert "No such device" in snap["refused"], snap
+    assert snap["after_refused"] == snap["after_one"], snap
+    assert snap["none"] == {"-4": [], "-6": []}, snap

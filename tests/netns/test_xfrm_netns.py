@@ -20,13 +20,13 @@ import pytest
 import ike
 from harness import require, require_root, require_tools
 from harness.netns import two_hosts
+from ike.dataplane.netlink import parse_attrs
 from ike.dataplane.xfrm import (
     XFRM_POLICY_OUT,
     PolicySpec,
     SaSpec,
     newpolicy_msg,
     newsa_msg,
-    parse_attrs,
     policy_selectors,
 )
 from ike.policy import TrafficSelector as TS

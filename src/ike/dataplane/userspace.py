@@ -9,7 +9,9 @@ written to the TUN device, from where the kernel delivers or forwards it.
 Routes go into a table of their own (default 4501), consulted by the rule `not fwmark MARK lookup
 TABLE`. Our ESP sockets and the daemon's IKE sockets carry MARK (SO_MARK, see `bypass_socket`), so
 for a host-to-host tunnel, where the peer's own address is routed into the tunnel, the IKE and ESP
-packets to that peer still leave by the normal route instead of looping into the TUN device.
+packets to that peer still leave by the normal route instead of looping into the TUN device. Per
+child, routes are added and removed over rtnetlink (netlink.py), not by running `ip`: installs run
+on the daemon's loop, and a fork there stalls every tunnel.
 
 Transport mode (host-to-host children): the IP header comes off before ESP and is rebuilt after,
 with the RFC 3948 checksum handling for ESP-in-UDP (transport.py).
@@ -26,9 +28,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import errno
 import fcntl
 import ipaddress
-import json
 import logging
 import os
 import socket
@@ -51,6 +53,15 @@ from ike.dataplane.base import (
 )
 from ike.dataplane.esp import NH_IPV4, NH_IPV6, EspError, EspSa, Lifetime, SaExpiredError
 from ike.dataplane.gro import PLAIN, VNET_HDR_LEN, Coalescer
+from ike.dataplane.netlink import (
+    NETLINK_ROUTE,
+    RT_SCOPE_LINK,
+    AddressWatch,
+    NetlinkError,
+    NetlinkSocket,
+    delroute_msg,
+    newroute_msg,
+)
 from ike.dataplane.nftfilter import FilterError, InboundFilter
 from ike.dataplane.spd import SelectorSet, Spd, cidr_blocks
 from ike.dataplane.transport import Reassembler, Rebuild, strip
@@ -91,6 +102,10 @@ def _big_buffers(sock: socket.socket) -> None:
                 sock.setsockopt(socket.SOL_SOCKET, plain, SOCK_BUF)
 
 
+Route = ipaddress.IPv4Network | ipaddress.IPv6Network
+IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
 def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     proc = subprocess.run(["ip", *args], capture_output=True, text=True, check=False)
     if check and proc.returncode != 0:
@@ -116,7 +131,7 @@ class _Trap:
     """Selectors held without an SA: their packets are dropped and reported (an acquire)."""
 
     trap_id: int
-    routes: list[tuple[int, str]]
+    routes: list[Route]
     last_acquire: float = float("-inf")
 
 
@@ -138,7 +153,7 @@ class _Child:
     child: ChildSaEstablished
     out: _Out
     inn: _In
-    routes: list[tuple[int, str]]  # (ip version, prefix) routed into the TUN
+    routes: list[Route]  # routed into the TUN
     timers: list[asyncio.TimerHandle] = field(default_factory=list)
     fired: set[str] = field(default_factory=set)
     last_packets: int = 0
@@ -184,7 +199,10 @@ class UserspaceDataPlane:
         self._spd: Spd[_Out | _Trap] = Spd()
         self._traps: dict[int, _Trap] = {}
         self._acquire_cb: AcquireCallback | None = None
-        self._route_refs: dict[tuple[int, str], int] = {}
+        self._route_refs: dict[Route, int] = {}
+        self._ifindex = 0
+        self._rt: NetlinkSocket | None = None
+        self._addrs: AddressWatch | None = None
         # plane-wide drop counters (no SA to charge them to)
         self.no_policy = 0
         self.unknown_spi = 0
@@ -211,6 +229,15 @@ class UserspaceDataPlane:
             os.close(fd)
             raise DataPlaneError(f"cannot create TUN device {self.tun_name} ({e.strerror}); is it in use?") from e
         self._tun_fd = fd
+        try:
+            self._ifindex = socket.if_nametoindex(self.tun_name)
+            self._rt = NetlinkSocket(NETLINK_ROUTE, "a route")
+            self._addrs = AddressWatch(self._rt)
+        except (OSError, DataPlaneError) as e:
+            self._close_netlink()
+            os.close(fd)
+            self._tun_fd = -1
+            raise DataPlaneError(f"cannot set up routing for {self.tun_name}: {e}") from e
         if self.coalesce:
             self._gro = Coalescer(lambda bufs: os.writev(fd, bufs))
         _ip("link", "set", "dev", self.tun_name, "mtu", str(self.mtu), "txqueuelen", "2000", "up")
@@ -278,8 +305,17 @@ class UserspaceDataPlane:
                 _ip(fam, "route", "flush", "table", str(self.table), check=False)
             os.close(self._tun_fd)  # the TUN device disappears with its last descriptor
             self._tun_fd = -1
+        self._close_netlink()
         if self._filter is not None:
             self._filter.close()
+
+    def _close_netlink(self) -> None:
+        if self._addrs is not None:
+            self._addrs.close()
+            self._addrs = None
+        if self._rt is not None:
+            self._rt.close()
+            self._rt = None
 
     @property
     def not_whole(self) -> int:
@@ -398,7 +434,7 @@ class UserspaceDataPlane:
             except FilterError as e:
                 raise DataPlaneError(f"child SA {cid}: {e}") from e
         try:
-            self._add_routes(child.local_ts, child.remote_ts, rec.routes)
+            self._add_routes(child.local_ts, child.remote_ts, rec.routes, f"child SA {cid}")
         except DataPlaneError:
             self._del_routes(rec.routes)
             if self._filter is not None:
@@ -449,65 +485,70 @@ class UserspaceDataPlane:
         rdst = (remote_ip, 0)
         return lambda data: rsend(data, rdst)
 
-    def _local_addresses(self) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
-        proc = _ip("-j", "addr", "show", check=False)
-        out: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = []
-        try:
-            for link in json.loads(proc.stdout or "[]"):
-                for a in link.get("addr_info", []):
-                    if a.get("scope") != "link":
-                        out.append(ipaddress.ip_address(a["local"]))
-        except (ValueError, KeyError):
-            pass
-        return out
+    def _local_addresses(self) -> list[IpAddress]:
+        """Our addresses other than link-local ones (from a cache that address changes refresh)."""
+        assert self._addrs is not None
+        return [a.address for a in self._addrs.addresses() if a.scope != RT_SCOPE_LINK]
 
     def _add_routes(
-        self, local_ts: Sequence[TrafficSelector], remote_ts: Sequence[TrafficSelector], routes: list[tuple[int, str]]
+        self,
+        local_ts: Sequence[TrafficSelector],
+        remote_ts: Sequence[TrafficSelector],
+        routes: list[Route],
+        what: str,
     ) -> None:
         """Route `remote_ts` into the TUN device, appending each route taken (ref-counted) to `routes`."""
-        locals_ = self._local_addresses()
+        assert self._rt is not None
+        locals_: list[IpAddress] | None = None
         for ts in remote_ts:
-            # Source hint: one of our own addresses inside the local selectors, so that traffic the
-            # gateway itself originates is matched by the SA.
-            src = next(
-                (
-                    str(a)
-                    for lts in local_ts
-                    if lts.version == ts.version
-                    for a in locals_
-                    if a.version == ts.version and int(lts.start) <= int(a) <= int(lts.end)
-                ),
-                None,
-            )
-            for net, plen in cidr_blocks(ts):
-                prefix = f"{ipaddress.ip_address(net)}/{plen}"
-                key = (ts.version, prefix)
-                if self._route_refs.get(key, 0) == 0:
-                    args = [
-                        f"-{ts.version}",
-                        "route",
-                        "replace",
-                        prefix,
-                        "dev",
-                        self.tun_name,
-                        "table",
-                        str(self.table),
-                    ]
-                    if src:
-                        args += ["src", src]
-                    _ip(*args)
-                self._route_refs[key] = self._route_refs.get(key, 0) + 1
-                routes.append(key)
+            net_type = ipaddress.IPv4Network if ts.version == 4 else ipaddress.IPv6Network
+            nets = [net_type(b) for b in cidr_blocks(ts)]
+            new = [n for n in nets if n not in self._route_refs]
+            src: IpAddress | None = None
+            if new:
+                if locals_ is None:
+                    locals_ = self._local_addresses()
+                # Source hint: one of our own addresses inside the local selectors, so that traffic the
+                # gateway itself originates is matched by the SA.
+                src = next(
+                    (
+                        a
+                        for lts in local_ts
+                        if lts.version == ts.version
+                        for a in locals_
+                        if a.version == ts.version and int(lts.start) <= int(a) <= int(lts.end)
+                    ),
+                    None,
+                )
+            for net in nets:
+                if net not in self._route_refs:
+                    how = f"{what}: routing {net} into {self.tun_name}, table {self.table}"
+                    how += f", source {src}" if src else ""
+                    # a refusal raises NetlinkError (a DataPlaneError): what, the errno text, the kernel's reason
+                    self._rt.request(newroute_msg(net, self._ifindex, self.table, src), how)
+                    self._route_refs[net] = 0
+                self._route_refs[net] += 1
+                routes.append(net)
 
-    def _del_routes(self, routes: list[tuple[int, str]]) -> None:
-        for key in routes:
-            n = self._route_refs.get(key, 0) - 1
+    def _del_routes(self, routes: list[Route]) -> None:
+        for net in routes:
+            n = self._route_refs.get(net, 0) - 1
             if n <= 0:
-                self._route_refs.pop(key, None)
-                v, prefix = key
-                _ip(f"-{v}", "route", "del", prefix, "dev", self.tun_name, "table", str(self.table), check=False)
+                self._route_refs.pop(net, None)
+                if self._rt is None:
+                    continue
+                try:
+                    self._rt.request(
+                        delroute_msg(net, self._ifindex, self.table),
+                        f"removing the route {net} from {self.tun_name} (table {self.table})",
+                    )
+                except NetlinkError as e:
+                    if e.errno != errno.ESRCH:  # gone already (the device went away): nothing to do
+                        log.warning("%s", e)
+                except DataPlaneError as e:
+                    log.warning("%s", e)
             else:
-                self._route_refs[key] = n
+                self._route_refs[net] = n
         routes.clear()
 
     def remove(self, child_id: int) -> None:
@@ -542,7 +583,7 @@ class UserspaceDataPlane:
             except FilterError as e:
                 raise DataPlaneError(f"trap {trap_id}: {e}") from e
         try:
-            self._add_routes(local_ts, remote_ts, t.routes)
+            self._add_routes(local_ts, remote_ts, t.routes, f"trap {trap_id}")
         except DataPlaneError:
             self._del_routes(t.routes)
             if self._filter is not None:

@@ -33,21 +33,22 @@ from ike.dataplane.base import (
     kb_left,
 )
 from ike.dataplane.esp import Lifetime
+from ike.dataplane.netlink import (
+    NETLINK_XFRM,
+    NLM_F_ACK,
+    NLM_F_CREATE,
+    NLM_F_EXCL,
+    NLM_F_REQUEST,
+    NetlinkSocket,
+    messages,
+    nla,
+    nlmsg,
+)
 from ike.policy import TrafficSelector
 from ike.proto.api import Address, ChildSaEstablished
 from ike.proto.transforms import ENCR, INTEG
 
 log = logging.getLogger("ike.dataplane.xfrm")
-
-NETLINK_XFRM = 6
-NLMSG_ERROR = 2
-NLMSG_DONE = 3
-NLM_F_REQUEST = 0x1
-NLM_F_MULTI = 0x2
-NLM_F_ACK = 0x4
-NLM_F_EXCL = 0x200
-NLM_F_CREATE = 0x400
-NLM_F_DUMP = 0x300
 
 XFRM_MSG_NEWSA = 16
 XFRM_MSG_DELSA = 17
@@ -94,8 +95,6 @@ KERNEL_INTEG = {
     "hmac-md5-96": "hmac(md5)",
 }
 
-_NLMSGHDR = struct.Struct("=IHHII")
-_NLA = struct.Struct("=HH")
 # struct xfrm_selector: daddr, saddr, dport, dport_mask, sport, sport_mask (be16), family, prefixlen_d,
 # prefixlen_s, proto, 3 pad, ifindex, user
 _SELECTOR = struct.Struct("=16s16s2s2s2s2sHBBB3xiI")
@@ -120,27 +119,6 @@ assert _USER_TMPL.size == 64 and _USERPOLICY_ID.size == 64 and _USERSA_ID.size =
 def _addr(ip: str | ipaddress.IPv4Address | ipaddress.IPv6Address) -> tuple[int, bytes]:
     a = ipaddress.ip_address(ip)
     return (socket.AF_INET if a.version == 4 else socket.AF_INET6), a.packed.ljust(16, b"\0")
-
-
-def _nla(kind: int, data: bytes) -> bytes:
-    n = 4 + len(data)
-    return _NLA.pack(n, kind) + data + b"\0" * (-n % 4)
-
-
-def nlmsg(kind: int, flags: int, payload: bytes, seq: int = 0) -> bytes:
-    return _NLMSGHDR.pack(16 + len(payload), kind, flags, seq, 0) + payload
-
-
-def parse_attrs(data: bytes) -> dict[int, bytes]:
-    out: dict[int, bytes] = {}
-    off = 0
-    while off + 4 <= len(data):
-        n, kind = _NLA.unpack_from(data, off)
-        if n < 4:
-            break
-        out[kind & 0x3FFF] = data[off + 4 : off + n]
-        off += (n + 3) & ~3
-    return out
 
 
 def lifetime_cfg(
@@ -243,18 +221,18 @@ def newsa_msg(sa: SaSpec, seq: int = 0) -> bytes:
     attrs = b""
     name = KERNEL_ENCR[sa.encr].encode().ljust(64, b"\0")
     if e.aead:
-        attrs += _nla(XFRMA_ALG_AEAD, name + struct.pack("=II", len(sa.enc_key) * 8, e.icv_size * 8) + sa.enc_key)
+        attrs += nla(XFRMA_ALG_AEAD, name + struct.pack("=II", len(sa.enc_key) * 8, e.icv_size * 8) + sa.enc_key)
     else:
         if sa.integ is None or sa.integ not in KERNEL_INTEG:
             raise DataPlaneError(f"the kernel data plane has no mapping for integrity {sa.integ!r}")
-        attrs += _nla(XFRMA_ALG_CRYPT, name + struct.pack("=I", len(sa.enc_key) * 8) + sa.enc_key)
+        attrs += nla(XFRMA_ALG_CRYPT, name + struct.pack("=I", len(sa.enc_key) * 8) + sa.enc_key)
         it = INTEG[sa.integ]
         aname = KERNEL_INTEG[sa.integ].encode().ljust(64, b"\0")
-        attrs += _nla(
+        attrs += nla(
             XFRMA_ALG_AUTH_TRUNC, aname + struct.pack("=II", len(sa.integ_key) * 8, it.icv_len * 8) + sa.integ_key
         )
     if sa.encap is not None:
-        attrs += _nla(
+        attrs += nla(
             XFRMA_ENCAP,
             _ENCAP_TMPL.pack(
                 UDP_ENCAP_ESPINUDP, sa.encap[0].to_bytes(2, "big"), sa.encap[1].to_bytes(2, "big"), bytes(16)
@@ -264,7 +242,7 @@ def newsa_msg(sa: SaSpec, seq: int = 0) -> bytes:
         window = max(sa.replay_window, 1)
         words = (window + 31) // 32
         # without the bitmap words: the kernel zero-fills them (as iproute2 sends it)
-        attrs += _nla(XFRMA_REPLAY_ESN_VAL, _REPLAY_ESN.pack(words, 0, 0, 0, 0, window))
+        attrs += nla(XFRMA_REPLAY_ESN_VAL, _REPLAY_ESN.pack(words, 0, 0, 0, 0, window))
     return nlmsg(XFRM_MSG_NEWSA, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL, info + attrs, seq)
 
 
@@ -274,7 +252,7 @@ def delsa_msg(src: str, dst: str, spi: bytes, seq: int = 0) -> bytes:
     return nlmsg(
         XFRM_MSG_DELSA,
         NLM_F_REQUEST | NLM_F_ACK,
-        _USERSA_ID.pack(daddr, spi, fam, IPPROTO_ESP) + _nla(XFRMA_SRCADDR, saddr),
+        _USERSA_ID.pack(daddr, spi, fam, IPPROTO_ESP) + nla(XFRMA_SRCADDR, saddr),
         seq,
     )
 
@@ -283,7 +261,7 @@ def getsa_msg(src: str, dst: str, spi: bytes, seq: int = 0) -> bytes:
     fam, daddr = _addr(dst)
     _, saddr = _addr(src)
     return nlmsg(
-        XFRM_MSG_GETSA, NLM_F_REQUEST, _USERSA_ID.pack(daddr, spi, fam, IPPROTO_ESP) + _nla(XFRMA_SRCADDR, saddr), seq
+        XFRM_MSG_GETSA, NLM_F_REQUEST, _USERSA_ID.pack(daddr, spi, fam, IPPROTO_ESP) + nla(XFRMA_SRCADDR, saddr), seq
     )
 
 
@@ -315,7 +293,7 @@ def newpolicy_msg(p: PolicySpec, seq: int = 0, update: bool = False) -> bytes:
     )
     kind = XFRM_MSG_UPDPOLICY if update else XFRM_MSG_NEWPOLICY
     flags = NLM_F_REQUEST | NLM_F_ACK | (0 if update else NLM_F_CREATE | NLM_F_EXCL)
-    return nlmsg(kind, flags, info + _nla(XFRMA_TMPL, tmpl), seq)
+    return nlmsg(kind, flags, info + nla(XFRMA_TMPL, tmpl), seq)
 
 
 def delpolicy_msg(direction: int, sel: bytes, seq: int = 0) -> bytes:
@@ -360,55 +338,11 @@ def policy_selectors(local: TrafficSelector, remote: TrafficSelector) -> Iterato
                     yield out, inn
 
 
-class NetlinkError(DataPlaneError):
-    def __init__(self, errno_: int, what: str) -> None:
-        self.errno = errno_
-        super().__init__(f"{what}: {os.strerror(errno_)} (errno {errno_})")
-
-
-class XfrmSocket:
+class XfrmSocket(NetlinkSocket):
     """A blocking NETLINK_XFRM request/ack socket (requests are few: installs and removals)."""
 
     def __init__(self) -> None:
-        try:
-            self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_XFRM)
-        except OSError as e:
-            raise DataPlaneError(f"cannot open an XFRM netlink socket: {e.strerror}") from e
-        self.sock.bind((0, 0))
-        self._seq = 0
-
-    def close(self) -> None:
-        self.sock.close()
-
-    def request(self, build: object, what: str) -> list[tuple[int, bytes]]:
-        """Send one message (a callable taking seq, or bytes with seq 0) and collect replies up to the
-        ack/error/done. Raises NetlinkError on a negative ack."""
-        self._seq += 1
-        seq = self._seq
-        msg = build(seq) if callable(build) else build
-        assert isinstance(msg, bytes)
-        self.sock.send(msg)
-        replies: list[tuple[int, bytes]] = []
-        want_ack = bool(_NLMSGHDR.unpack_from(msg)[2] & NLM_F_ACK)
-        while True:
-            data = self.sock.recv(1 << 16)
-            off = 0
-            while off + 16 <= len(data):
-                n, kind, flags, rseq, _pid = _NLMSGHDR.unpack_from(data, off)
-                body = data[off + 16 : off + n]
-                off += (n + 3) & ~3
-                if rseq != seq:
-                    continue
-                if kind == NLMSG_ERROR:
-                    err = -struct.unpack_from("=i", body)[0]
-                    if err:
-                        raise NetlinkError(err, what)
-                    return replies
-                if kind == NLMSG_DONE:
-                    return replies
-                replies.append((kind, body))
-                if not want_ack and not flags & NLM_F_MULTI:
-                    return replies
+        super().__init__(NETLINK_XFRM, "an XFRM")
 
 
 def probe_esp() -> tuple[bool, str]:
@@ -422,12 +356,12 @@ def probe_esp() -> tuple[bool, str]:
     src, dst = "198.19.255.253", "198.19.255.254"  # RFC 2544 benchmarking range; never used for traffic
     sa = SaSpec(src, dst, spi, "aes-gcm-16", 128, os.urandom(20), None, b"", reqid=0)
     try:
-        xs.request(lambda seq: newsa_msg(sa, seq), "adding a test ESP SA")
+        xs.request(newsa_msg(sa), "adding a test ESP SA")
     except DataPlaneError as e:
         xs.close()
         return False, str(e)
     with contextlib.suppress(DataPlaneError):
-        xs.request(lambda seq: delsa_msg(src, dst, spi, seq), "deleting the test ESP SA")
+        xs.request(delsa_msg(src, dst, spi), "deleting the test ESP SA")
     xs.close()
     return True, "ok"
 
@@ -627,7 +561,7 @@ class XfrmDataPlane:
         self._children[cid] = rec
         try:
             for sa in self.sa_specs(child, rec.reqid):
-                self._sock().request(lambda seq, sa=sa: newsa_msg(sa, seq), f"child SA {cid}: adding SA {sa.spi.hex()}")
+                self._sock().request(newsa_msg(sa), f"child SA {cid}: adding SA {sa.spi.hex()}")
                 rec.sas.append((sa.src, sa.dst, sa.spi))
                 self._by_spi[sa.spi] = cid
             self.install_policies(child, rec)
@@ -643,9 +577,7 @@ class XfrmDataPlane:
         # A rekeyed child has the same selectors as the one it replaces: update in place.
         update = child.rekey_of is not None
         for p in self.policy_specs(child, rec.reqid):
-            self._sock().request(
-                lambda seq, p=p: newpolicy_msg(p, seq, update=update), f"child SA {child.child_id}: adding a policy"
-            )
+            self._sock().request(newpolicy_msg(p, update=update), f"child SA {child.child_id}: adding a policy")
             rec.policies.append((p.direction, p.sel))
 
     def remove(self, child_id: int) -> None:
@@ -657,11 +589,11 @@ class XfrmDataPlane:
         if not shared:
             for direction, sel in rec.policies:
                 with contextlib.suppress(DataPlaneError):
-                    self._sock().request(lambda seq, d=direction, s=sel: delpolicy_msg(d, s, seq), "deleting a policy")
+                    self._sock().request(delpolicy_msg(direction, sel), "deleting a policy")
         for src, dst, spi in rec.sas:
             self._by_spi.pop(spi, None)
             with contextlib.suppress(DataPlaneError):
-                self._sock().request(lambda seq, a=src, b=dst, s=spi: delsa_msg(a, b, s, seq), "deleting an SA")
+                self._sock().request(delsa_msg(src, dst, spi), "deleting an SA")
 
     def counters(self, child_id: int) -> ChildCounters:
         rec = self._children.get(child_id)
@@ -670,9 +602,7 @@ class XfrmDataPlane:
         c = ChildCounters()
         for i, (src, dst, spi) in enumerate(rec.sas):
             try:
-                replies = self._sock().request(
-                    lambda seq, a=src, b=dst, s=spi: getsa_msg(a, b, s, seq), "reading an SA"
-                )
+                replies = self._sock().request(getsa_msg(src, dst, spi), "reading an SA")
             except DataPlaneError:
                 continue
             for kind, body in replies:
@@ -696,11 +626,7 @@ class XfrmDataPlane:
                 data = self._mon.recv(1 << 16)
             except BlockingIOError:
                 return
-            off = 0
-            while off + 16 <= len(data):
-                n, kind, _f, _s, _p = _NLMSGHDR.unpack_from(data, off)
-                body = data[off + 16 : off + n]
-                off += (n + 3) & ~3
+            for kind, _f, _s, body in messages(data):
                 if kind != XFRM_MSG_EXPIRE or len(body) < _USERSA_INFO.size + 1:
                     continue
                 spi = body[56 + 16 : 56 + 20]

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import socket
 import struct
-from typing import Any
 
 import pytest
 
+from ike.dataplane.netlink import NLM_F_ACK, parse_attrs
 from ike.dataplane.xfrm import (
-    NLM_F_ACK,
     XFRM_MSG_GETSA,
     XFRM_MSG_NEWPOLICY,
     XFRM_MSG_NEWSA,
@@ -29,7 +28,6 @@ from ike.dataplane.xfrm import (
     delpolicy_msg,
     newpolicy_msg,
     newsa_msg,
-    parse_attrs,
     policy_selectors,
     port_blocks,
 )
@@ -198,8 +196,7 @@ class _FakeKernel:
         self.sas: dict[bytes, bytes] = {}  # spi -> xfrm_usersa_info body
         self.used: dict[bytes, int] = {}
 
-    def request(self, build: Any, what: str) -> list[tuple[int, bytes]]:
-        msg = build(1)
+    def request(self, msg: bytes, what: str) -> list[tuple[int, bytes]]:
         kind, _flags, body = split(msg)
         if kind == XFRM_MSG_NEWSA:
             self.sas[body[72:76]] = body
