@@ -7,7 +7,6 @@ up); 3 iked is not running; 4 the caller is not root.
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 
@@ -105,6 +104,8 @@ def run(cmd: Command, request: Requester | None = None, out: TextIO | None = Non
         print(e, file=err)
         return EXIT_FAILED
     if cmd.format == "json":
+        import json  # only for format=json: its import costs every other command start-up time
+
         print(json.dumps(result, indent=2, sort_keys=True), file=out)
         return _status(op, result)
     if op == "activate":

@@ -7,8 +7,6 @@ that make sense. Defaults (e.g. list's phase 1+) are applied by the consumer, no
 
 from __future__ import annotations
 
-import re
-
 COMMANDS = ("activate", "list", "remove", "log")
 VALUE_FLAGS = ("cmd", "phase", "numlist", "namelist", "remid", "ipaddr", "role", "format")
 BARE_WORDS = ("db", "all", "verbose", "autostart", "wait")
@@ -34,8 +32,18 @@ USAGE = "usage:\n" + "\n".join(f"  {s}" for s in SYNOPSIS.values())
 # (1-99999999) and would only burn memory.
 MAX_NUMBER = 2**31 - 1
 MAX_LIST = 100_000
-_NUM = re.compile(r"[0-9]+")
-_NAME = re.compile(r"[A-Za-z0-9_.@:/+-][A-Za-z0-9_.@:/+ =-]*")
+# Character sets, not regular expressions: `re` would cost every `ike` command its import.
+_DIGITS = frozenset("0123456789")
+_NAME_FIRST = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.@:/+-")
+_NAME_REST = _NAME_FIRST | frozenset(" =")
+
+
+def _is_number(s: str) -> bool:
+    return bool(s) and _DIGITS.issuperset(s)
+
+
+def _is_name(s: str) -> bool:
+    return bool(s) and s[0] in _NAME_FIRST and _NAME_REST.issuperset(s)
 
 
 class Command:
@@ -115,7 +123,7 @@ def parse_numlist(text: str) -> tuple[int, ...]:
         if not item:
             raise UsageError(f"numlist={text}: empty element between commas; write e.g. numlist=1,3,5-7")
         lo_s, dash, hi_s = item.partition("-")
-        if not _NUM.fullmatch(lo_s) or (dash and not _NUM.fullmatch(hi_s)):
+        if not _is_number(lo_s) or (dash and not _is_number(hi_s)):
             raise UsageError(
                 f"numlist={text}: {item!r} is not a tunnel number or a range n-m (only digits, ',' and '-' are allowed)"
             )
@@ -137,7 +145,7 @@ def _parse_namelist(text: str) -> tuple[str, ...]:
         raise UsageError(f"namelist={text}: empty tunnel name; write namelist=name1,name2")
     seen: list[str] = []
     for n in names:
-        if not _NAME.fullmatch(n):
+        if not _is_name(n):
             raise UsageError(f"namelist={text}: {n!r} is not a tunnel name")
         if n not in seen:
             seen.append(n)

@@ -38,6 +38,8 @@ class ServerThread:
             await asyncio.sleep(0.2)
         if op == "big":
             return [{"tunnel": n, "state": "established"} for n in range(args["n"])]
+        if op == "list":
+            return {"phase": args.get("phase") or "1+", "tunnels": [], "missing": []}
         return {"echo": args}
 
     def __enter__(self) -> ServerThread:
@@ -177,3 +179,28 @@ def _as_nobody(srv: ServerThread) -> None:
     assert "CLIENT ike: you must be root" in out, out
     assert "only root may control iked" in out
     assert ("ping", {}) not in srv.calls
+
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+def test_ike_talks_to_iked_without_importing_what_it_does_not_need(srv: ServerThread) -> None:
+    """`ike` against the daemon is most of a user's wait in start-up time: the installed script
+    (bin/ike) must not pull in `re`, `json`, `socket`, `enum` or `typing` (docs/performance.md)."""
+    require_root()
+    import subprocess
+    import sys
+
+    r = subprocess.run(
+        [sys.executable, "-X", "importtime", str(REPO / "bin" / "ike"), "cmd=list", "phase=2"],
+        capture_output=True,
+        text=True,
+        env={"IKE_RUNDIR": str(srv.path.parent), "PYTHONPATH": str(REPO / "src")},
+        timeout=60,
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert srv.calls == [("list", {"phase": "2", "numlist": None, "role": None})], srv.calls
+    imported = {ln.split("|")[-1].strip() for ln in r.stderr.splitlines() if ln.startswith("import time:")}
+    assert "ike.daemon.client" in imported  # the check sees our imports at all
+    heavy = sorted(imported & {"re", "json", "socket", "enum", "typing", "dataclasses", "pathlib", "selectors"})
+    assert heavy == [], heavy
