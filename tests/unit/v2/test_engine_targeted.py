@@ -14,6 +14,7 @@ import pytest
 
 from ike.policy import IkeProposal
 from ike.proto.api import (
+    ChildSaDeleted,
     ChildSaEstablished,
     Datagram,
     IkeSaDeleted,
@@ -247,6 +248,10 @@ def test_invalid_dh_value_in_a_pfs_ke(to: str) -> None:
         assert f[0].notify == "INVALID_SYNTAX"
         assert any(e.notify == "INVALID_SYNTAX" for e in net.i.of(NegotiationFailed))
         assert len(net.r.of(ChildSaEstablished)) == 1
+    else:
+        # The responder had installed the child we refused: our Delete takes it away there too.
+        (made,) = net.r.of(ChildSaEstablished)[1:]
+        assert [d.child_id for d in net.r.of(ChildSaDeleted)] == [made.child_id], net.r.events
     assert len(net.i.of(ChildSaEstablished)) == 1  # only the first child
     assert net.i.engine.is_established() and net.r.engine.is_established()
     no_internal_errors(net.i.engine, net.r.engine)

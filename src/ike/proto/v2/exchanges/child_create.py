@@ -110,6 +110,13 @@ def lifetimes(eng: Ikev2Engine, phase2: Phase2Tunnel, we_initiated: bool, now: f
     return now + life * (1 - margin), now + life
 
 
+def _refused(eng: Ikev2Engine, sa: IkeSa, offer: ChildOffer, proto: int, now: float) -> None:
+    """The peer answered with a child SA we cannot take: it has installed it, so delete it there."""
+    from ike.proto.v2.exchanges.delete import DeleteRefused
+
+    eng.queue(sa, DeleteRefused(proto, offer.spi_in), now)
+
+
 def process_response(
     eng: Ikev2Engine,
     sa: IkeSa,
@@ -149,6 +156,7 @@ def process_response(
             peer_offered=props.describe(sap.proposals),
             notify="NO_PROPOSAL_CHOSEN",
         )
+        _refused(eng, sa, offer, proto, now)
         return None
     g_ir = b""
     if offer.dh is not None:
@@ -162,11 +170,13 @@ def process_response(
                 rekey_of=rekey_of,
                 offered=offer.offered(),
             )
+            _refused(eng, sa, offer, proto, now)
             return None
         try:
             g_ir = offer.dh.shared(ke.data)
         except CryptoError as e:
             eng.fail(sa, 2, f"peer's PFS key exchange value is invalid: {e}", phase2=p2, rekey_of=rekey_of)
+            _refused(eng, sa, offer, proto, now)
             return None
     bad = [t for t in tsi.selectors if not any(o.contains(t) for o in offer.local_ts)]
     bad += [t for t in tsr.selectors if not any(o.contains(t) for o in offer.remote_ts)]
@@ -181,6 +191,7 @@ def process_response(
             peer_offered=describe_ts(tsi.selectors, tsr.selectors),
             notify="TS_UNACCEPTABLE",
         )
+        _refused(eng, sa, offer, proto, now)
         return None
     # Transport only when we asked and the responder agreed (it may not impose it).
     transport = p2.policy.mode == "transport" and msg.notify(n.USE_TRANSPORT_MODE) is not None
@@ -194,6 +205,7 @@ def process_response(
             offered=("mode transport",),
             peer_offered=("mode tunnel",),
         )
+        _refused(eng, sa, offer, proto, now)
         return None
     if eng.deleted_early(sap.proposals[0].spi):
         eng.stats["children deleted by the peer before they were up"] += 1

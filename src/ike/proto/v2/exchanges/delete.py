@@ -53,6 +53,30 @@ class DeleteChild(Task):
         return Result.DONE
 
 
+class DeleteRefused(Task):
+    """Close a child SA the peer created for our request but we refused (a proposal we did not
+    offer, a bad PFS value, selectors outside ours): we never installed it, so it is named by our
+    inbound SPI of the offer, which the peer holds as its outbound one. Without this the peer keeps
+    an SA nobody uses until it expires."""
+
+    exchange = INFORMATIONAL
+    name = "INFORMATIONAL (delete a refused child SA)"
+    runs_in = frozenset({IkeState.ESTABLISHED, IkeState.REKEYED})
+
+    def __init__(self, protocol: int, spi: bytes) -> None:
+        self.protocol, self.spi = protocol, spi
+
+    def restart(self, eng: Ikev2Engine) -> Task | None:
+        return DeleteRefused(self.protocol, self.spi)
+
+    def build_i(self, eng: Ikev2Engine, sa: IkeSa, now: float) -> list[Payload] | None:
+        return [DeletePayload(protocol=self.protocol, spis=[self.spi])]
+
+    def process_i(self, eng: Ikev2Engine, sa: IkeSa, msg: Message, now: float) -> Result:
+        eng.release_child_spi(self.spi)
+        return Result.DONE
+
+
 class DeleteIke(Task):
     exchange = INFORMATIONAL
     name = "INFORMATIONAL (delete IKE SA)"
