@@ -2,7 +2,8 @@
 
 Outbound: the kernel routes traffic for each child's remote selectors into the TUN device (`ike0`);
 we read it, find the child in the SPD (longest-prefix dicts, see spd.py), encrypt with that child's
-EspSa and send it as ESP-in-UDP (port 4500) or plain ESP (a raw IP protocol 50 socket).
+EspSa and send it as ESP-in-UDP (port 4500) or plain ESP (a raw IP protocol 50 socket). The ESP of one
+read batch leaves in one sendmmsg per socket (batch.py), ESP-in-UDP grouped into UDP GSO messages.
 Inbound: ESP -> SA by SPI (a dict) -> decrypt -> the inner packet must match the child's selectors ->
 written to the TUN device, from where the kernel delivers or forwards it.
 
@@ -51,6 +52,7 @@ from ike.dataplane.base import (
     UdpSender,
     kb_left,
 )
+from ike.dataplane.batch import BatchSender, Destination
 from ike.dataplane.esp import NH_IPV4, NH_IPV6, EspError, EspSa, Lifetime, SaExpiredError
 from ike.dataplane.gro import PLAIN, VNET_HDR_LEN, Coalescer
 from ike.dataplane.netlink import (
@@ -84,11 +86,9 @@ DEFAULT_MARK = 0x494B45  # "IKE"
 DEFAULT_RULE_PRIORITY = 4501
 BATCH = 256  # packets per wake-up before yielding to the rest of the loop
 SOL_UDP = 17
-UDP_SEGMENT = 103  # UDP GSO (Linux 4.18): one send, many datagrams of one size
 UDP_GRO = 104  # UDP GRO (Linux 5.0): one receive, many datagrams of one size
 GSO_MAX_SEGS = 64
 GSO_MAX_BYTES = 60000
-_LE = sys.byteorder == "little"
 SOCK_BUF = 4 << 20  # bytes; absorbs bursts while the loop is busy (a full raw ESP socket also makes
 # the kernel answer with ICMP protocol-unreachable, which must not happen in normal operation)
 
@@ -115,14 +115,16 @@ def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
 
 @dataclass
 class _Out:
-    """What the TUN reader needs for one outbound SA. With an attached UDP socket, `sock`/`dst` let
-    the reader batch packets into one UDP GSO send; otherwise `send` sends one packet."""
+    """What the TUN reader needs for one outbound SA: the sender of its socket (raw ESP or the
+    attached port-4500 socket) and the peer's address packed once, or, when the daemon owns port
+    4500, `send`, which hands one packet to the daemon."""
 
     sa: EspSa
-    send: Callable[[bytes], object]
     child_id: int
-    sock: socket.socket | None = None
-    dst: tuple[str, int] | None = None
+    queue: BatchSender | None = None
+    dest: Destination | None = None
+    udp: bool = False  # on a UDP socket: packets of one size to one peer may share a UDP GSO message
+    send: Callable[[bytes], object] | None = None
     transport: bool = False  # send the payload without its IP header (transport mode)
 
 
@@ -191,6 +193,9 @@ class UserspaceDataPlane:
         self._tun_fd = -1
         self._raw: dict[int, socket.socket] = {}  # family -> raw ESP socket
         self._udp: dict[int, socket.socket] = {}  # family -> attached port-4500 socket
+        self._raw_q: dict[int, BatchSender] = {}  # family -> sender of the raw ESP socket
+        self._udp_q: dict[int, BatchSender] = {}  # family -> sender of the attached port-4500 socket
+        self._queues: list[BatchSender] = []  # all of them, flushed after each TUN read batch
         self._pending_udp: list[tuple[socket.socket, IkeHandler]] = []
         self._udp_sender: UdpSender | None = None
         self._expiry_cb: ExpiryCallback | None = None
@@ -270,6 +275,8 @@ class UserspaceDataPlane:
             s.setsockopt(socket.SOL_SOCKET, SO_MARK, self.mark)
             _big_buffers(s)
             self._raw[family] = s
+            self._raw_q[family] = q = BatchSender(s)
+            self._queues.append(q)
             self._loop.add_reader(s.fileno(), self._on_raw, s, family == socket.AF_INET)
         self._loop.add_reader(fd, self._on_tun)
         for sock, on_ike in self._pending_udp:
@@ -299,6 +306,9 @@ class UserspaceDataPlane:
             s.close()
         self._raw.clear()
         self._udp.clear()
+        self._raw_q.clear()
+        self._udp_q.clear()
+        self._queues.clear()
         if self._tun_fd >= 0:
             for fam in ("-4", "-6"):
                 _ip(fam, "rule", "del", "priority", str(self.rule_priority), check=False)
@@ -352,6 +362,9 @@ class UserspaceDataPlane:
     def _register_udp(self, sock: socket.socket, on_ike: IkeHandler) -> None:
         assert self._loop is not None
         self._udp[sock.family] = sock
+        # children installed before keep the sender of the socket they had: it stays in the flush list
+        self._udp_q[sock.family] = q = BatchSender(sock)
+        self._queues.append(q)
         local = sock.getsockname()[:2]
         self._loop.add_reader(sock.fileno(), self._on_udp, sock, (local[0], local[1]), on_ike)
 
@@ -419,11 +432,8 @@ class UserspaceDataPlane:
             )
         except EspError as e:
             raise DataPlaneError(f"child SA {cid}: {e}") from e
-        out = _Out(out_sa, self._sender_for(child), cid, transport=rebuild is not None)
-        if child.udp_encap:
-            fam = socket.AF_INET6 if ipaddress.ip_address(child.remote[0]).version == 6 else socket.AF_INET
-            out.sock = self._udp.get(fam)
-            out.dst = (child.remote[0], child.remote[1]) if out.sock is not None else None
+        out = self._out_for(child, out_sa)
+        out.transport = rebuild is not None
         inn = _In(in_sa, SelectorSet(child.local_ts, child.remote_ts), cid, rebuild=rebuild)
         rec = _Child(child, out, inn, [])
         out_sa.on_limit = lambda kind: self._limit(cid, kind)
@@ -457,18 +467,24 @@ class UserspaceDataPlane:
             ", transport mode" if rebuild is not None else "",
         )
 
-    def _sender_for(self, child: ChildSaEstablished) -> Callable[[bytes], object]:
+    def _out_for(self, child: ChildSaEstablished, sa: EspSa) -> _Out:
         remote_ip, remote_port = child.remote
         fam = socket.AF_INET6 if ipaddress.ip_address(remote_ip).version == 6 else socket.AF_INET
+        cid = child.child_id
+
+        def dest(port: int) -> Destination:
+            try:
+                return Destination(fam, remote_ip, port)
+            except (ValueError, OSError) as e:
+                raise DataPlaneError(f"child SA {cid}: cannot send to the peer address {remote_ip!r}: {e}") from e
+
         if child.udp_encap:
-            sock = self._udp.get(fam)
-            if sock is not None:
-                sendto = sock.sendto
-                dst = (remote_ip, remote_port)
-                return lambda data: sendto(data, dst)
+            q = self._udp_q.get(fam)
+            if q is not None:
+                return _Out(sa, cid, q, dest(remote_port), udp=True)
             if self._udp_sender is None:
                 raise DataPlaneError(
-                    f"child SA {child.child_id} uses UDP encapsulation but no port-4500 socket is attached "
+                    f"child SA {cid} uses UDP encapsulation but no port-4500 socket is attached "
                     "and no UDP sender is set (call attach_udp_socket or set_udp_sender first)"
                 )
             local, remote = child.local, child.remote
@@ -477,13 +493,11 @@ class UserspaceDataPlane:
                 assert self._udp_sender is not None
                 self._udp_sender(data, local, remote)
 
-            return via_daemon
-        raw = self._raw.get(fam)
+            return _Out(sa, cid, send=via_daemon)
+        raw = self._raw_q.get(fam)
         if raw is None:
-            raise DataPlaneError(f"child SA {child.child_id} uses plain ESP but no raw ESP socket could be opened")
-        rsend = raw.sendto
-        rdst = (remote_ip, 0)
-        return lambda data: rsend(data, rdst)
+            raise DataPlaneError(f"child SA {cid} uses plain ESP but no raw ESP socket could be opened")
+        return _Out(sa, cid, raw, dest(0))
 
     def _local_addresses(self) -> list[IpAddress]:
         """Our addresses other than link-local ones (from a cache that address changes refresh)."""
@@ -665,10 +679,10 @@ class UserspaceDataPlane:
         read = os.read
         lookup = self._spd.lookup
         vnet = self._gro is not None
-        # ESP-in-UDP packets of one size to one peer are collected and sent with one UDP GSO call
+        # ESP-in-UDP packets of one size to one peer are collected into one UDP GSO message
         batch: list[bytes] = []
-        bsock: socket.socket | None = None
-        bdst: tuple[str, int] | None = None
+        bq: BatchSender | None = None  # the open GSO message's sender and peer (set while batch is not empty)
+        bdest: Destination | None = None
         seg = total = 0
         gso = self.udp_gso
         try:
@@ -701,57 +715,48 @@ class UserspaceDataPlane:
                         esp = out.sa.encapsulate(pkt, NH_IPV4 if pkt[0] >> 4 == 4 else NH_IPV6)
                 except SaExpiredError:
                     continue
-                sock = out.sock
-                n = len(esp)
-                if sock is None or not gso or n > self._gso_seg_max:
+                q, dest = out.queue, out.dest
+                if q is None or dest is None:
+                    assert out.send is not None
                     try:
                         out.send(esp)
                     except OSError:
                         self.send_errors += 1  # full socket buffer or unreachable: drop, as a router would
                     continue
-                if batch and (
-                    sock is not bsock
-                    or out.dst != bdst
-                    or n > seg
-                    or len(batch[-1]) != seg  # only the last datagram of a GSO send may be short
-                    or total + n > GSO_MAX_BYTES
-                    or len(batch) >= GSO_MAX_SEGS
+                n = len(esp)
+                if not out.udp or not gso or n > self._gso_seg_max:
+                    q.add(esp, dest)
+                    continue
+                if (
+                    bq is not None
+                    and bdest is not None
+                    and batch
+                    and (
+                        q is not bq
+                        or (dest is not bdest and dest.addr != bdest.addr)
+                        or n > seg
+                        or len(batch[-1]) != seg  # only the last datagram of a GSO message may be short
+                        or total + n > GSO_MAX_BYTES
+                        or len(batch) >= GSO_MAX_SEGS
+                    )
                 ):
-                    self._send_batch(bsock, bdst, batch, seg)
+                    bq.add_gso(batch, seg, bdest)
                     batch = []
                 if not batch:
-                    bsock, bdst, seg, total = sock, out.dst, n, 0
+                    bq, bdest, seg, total = q, dest, n, 0
                 batch.append(esp)
                 total += n
         finally:
-            if batch:
-                self._send_batch(bsock, bdst, batch, seg)
+            if batch and bq is not None and bdest is not None:
+                bq.add_gso(batch, seg, bdest)
+            self._flush_sends()
 
-    def _send_batch(
-        self, sock: socket.socket | None, dst: tuple[str, int] | None, batch: list[bytes], seg: int
-    ) -> None:
-        assert sock is not None and dst is not None
-        try:
-            if len(batch) == 1:
-                sock.sendto(batch[0], dst)
-            else:
-                sock.sendmsg(batch, [(SOL_UDP, UDP_SEGMENT, seg.to_bytes(2, "little" if _LE else "big"))], 0, dst)
-            return
-        except BlockingIOError:
-            self.send_errors += len(batch)
-            return
-        except OSError as e:
-            if len(batch) == 1:
-                self.send_errors += 1
-                return
-            if self.udp_gso:
-                log.info("UDP GSO send refused (%s): sending datagrams one by one", e.strerror)
+    def _flush_sends(self) -> None:
+        for q in self._queues:
+            self.send_errors += q.flush()  # full socket buffer or unreachable: dropped, as a router would
+            if q.gso_refused and self.udp_gso:
+                log.info("UDP GSO send refused (%s): sending datagrams one by one", os.strerror(q.gso_refused))
                 self.udp_gso = False
-        for b in batch:
-            try:
-                sock.sendto(b, dst)
-            except OSError:
-                self.send_errors += 1
 
     def _on_udp(self, sock: socket.socket, local: Address, on_ike: IkeHandler) -> None:
         try:
