@@ -93,7 +93,7 @@ def identity_problem(ident: Identity) -> str | None:
         )
     if ident.type is IdType.USER_FQDN:
         user, _, domain = v.rpartition("@")
-        if not USER_RE.fullmatch(user) or not (is_host_name(domain) or _is_ip(domain)):
+        if not USER_RE.fullmatch(user) or not (is_host_name(domain) or is_ip(domain)):
             return f"user FQDN identity {v!r} is not of the form user@host.domain (e.g. alice@example.org)"
     if ident.type is IdType.DN:
         from ike.proto.identity import IdentityError, parse_dn
@@ -157,7 +157,7 @@ def member_problem(text: str) -> str | None:
     )
 
 
-def _is_ip(text: str) -> bool:
+def is_ip(text: str) -> bool:
     try:
         ipaddress.ip_address(text)
     except ValueError:

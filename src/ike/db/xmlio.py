@@ -27,7 +27,7 @@ from ike.db.model import (
     Phase2Spec,
     PresharedKey,
 )
-from ike.db.validate import AH_ENCR, identity_problem, member_problem
+from ike.db.validate import AH_ENCR, identity_problem, is_ip, member_problem
 from ike.policy import (
     AuthMethod,
     DataManagementPolicy,
@@ -698,7 +698,7 @@ def swap(defs: Definitions, notes: list[str] | None = None) -> Definitions:
     by_name: list[tuple[Phase1Spec, str]] = []
     for t1 in defs.phase1:
         peer_local = t1.remote_addr
-        if not _is_ip(peer_local):
+        if not is_ip(peer_local):
             peer_local = ""
             if notes is not None:
                 notes.append(
@@ -730,14 +730,6 @@ def swap(defs: Definitions, notes: list[str] | None = None) -> Definitions:
         groups=list(defs.groups),
         psks=list(swapped_psks.values()),
     )
-
-
-def _is_ip(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
 
 
 # ---------------------------------------------------------------- writing

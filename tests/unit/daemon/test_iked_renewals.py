@@ -18,14 +18,11 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from test_iked_real_engines import A, B, defs, require_engine
+from test_iked_real_engines import A, B, RealNet, defs, require_engine
 from virtual_time import VirtualTimeLoop
 
-from ike.daemon.engines import RealEngines
 from ike.daemon.manager import TunnelManager
 from ike.daemon.policies import IndexedPolicies
-from ike.dataplane.none import NoneDataPlane
-from ike.proto.api import Datagram
 
 P1_LIFE, P2_LIFE, RUN = 6, 20, 26  # 4 phase 1 renewals and a phase 2 rekey within the run
 
@@ -39,17 +36,10 @@ def short_defs(local: str, remote: str, version: int) -> IndexedPolicies:
     return IndexedPolicies([p1], [p2], [])
 
 
-class ShortNet:
+class ShortNet(RealNet):
     def __init__(self, loop: asyncio.AbstractEventLoop, version: int) -> None:
-        self.loop, self.version = loop, version
-        self.pa, self.pb = short_defs(A, B, version), short_defs(B, A, version)
-        self.da, self.db = NoneDataPlane(), NoneDataPlane()
-        self.a = TunnelManager(loop, self.pa, RealEngines(self.pa), self._send, self.da)
-        self.b = TunnelManager(loop, self.pb, RealEngines(self.pb), self._send, self.db)
-        self.by_addr = {A: self.a, B: self.b}
-
-    def _send(self, dg: Datagram) -> None:
-        self.loop.call_soon(self.by_addr[dg.remote[0]].receive, dg.data, dg.remote, dg.local)
+        super().__init__(loop, version, short_defs(A, B, version), short_defs(B, A, version))
+        self.version = version
 
     def run(self, seconds: float) -> None:
         self.loop.run_until_complete(asyncio.sleep(seconds))
