@@ -198,6 +198,8 @@ def charon_side(a: Any, b: Any, n: int, budget: float) -> Figures:
                             if up[0] >= n:
                                 done.set()
                                 return
+                except OSError:
+                    return  # charon stopped (its budget ran out): nothing more to count
                 finally:
                     with contextlib.suppress(Exception):
                         events.close()  # unregister while the socket is still open
