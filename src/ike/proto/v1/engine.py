@@ -24,7 +24,8 @@ Rules carried out here:
   using it lost our Delete and gets it again (its DPD would otherwise take its phase 2 SAs down).
 - Phase 1 is rekeyed (a new main/aggressive mode, then, `REKEYED_DELETE_DELAY_S` later or at its
   expiry if sooner, a Delete for the old SA, which meanwhile starts nothing) by the side that
-  initiated it; phase 2 by the side that initiated that SA, `rekey_margin` before expiry.
+  initiated it; phase 2 by the side that initiated that SA, `rekey_margin` before expiry, its old
+  SA deleted the same grace period after the new one is up (so a lost QM3 leaves no gap).
 - Deleting phase 1 leaves the phase 2 SAs running until they expire (AIX; RFC 2409).
 - Lifetimes in kilobytes of phase 2 SAs are counted by the data plane: the daemon calls
   `rekey_child` when one runs out.
@@ -800,7 +801,12 @@ class Ikev1Engine(EngineOutput):
             old.replaced = True
             old.rekey_at = None
             if r.role is Role.INITIATOR:
-                self._delete_child(rekey_of, "rekeyed", notify_peer=True)
+                # Its Delete waits a grace period: the responder installs the new SA only on QM3,
+                # and a Delete right behind a lost QM3 would leave it no SA for the tunnel until
+                # QM3 is resent. Meanwhile the old SA still takes inbound packets.
+                grace = self._settings.extra.get("ikev1_rekeyed_delete_delay_s", REKEYED_DELETE_DELAY_S)
+                grace_s = float(grace) if isinstance(grace, int | float) else REKEYED_DELETE_DELAY_S
+                old.expire_at = min(old.expire_at, now + grace_s)
 
     def _delete_child(self, child_id: int, reason: str, notify_peer: bool) -> None:
         c = self._children.pop(child_id, None)
@@ -982,7 +988,7 @@ class Ikev1Engine(EngineOutput):
             if c.child_id not in self._children:
                 continue
             if now >= c.expire_at:
-                self._delete_child(c.child_id, "expired", notify_peer=True)
+                self._delete_child(c.child_id, "rekeyed" if c.replaced else "expired", notify_peer=True)
             elif c.rekey_at is not None and now >= c.rekey_at:
                 c.rekey_at = None
                 # Without an ISAKMP SA (deleted by the peer, or by us) a phase 2 SA runs on until it
