@@ -78,6 +78,32 @@ def test_syslog_without_socket_falls_back_to_stderr(monkeypatch: pytest.MonkeyPa
     assert warning is not None and "logging to stderr" in warning
 
 
+def test_syslog_is_the_default_and_carries_the_facility_and_level(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # A syslog daemon of our own: a unix datagram socket where /dev/log would be.
+    import socket
+
+    path = tmp_path / "log"
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    srv.bind(str(path))
+    srv.settimeout(5)
+    monkeypatch.setattr(logging_conf, "SYSLOG_SOCKET", str(path))
+    sw = LogSwitch()
+    try:
+        assert sw.apply(logging_conf.parse("syslog_facility = local4")) is None  # no fallback warning
+        logging.getLogger("ike.test.syslog").info("tunnel up")
+        logging.getLogger("ike.test.syslog").debug("not at events")
+        logging.getLogger("ike.test.syslog").error("tunnel failed")
+        got = [srv.recv(4096).decode(), srv.recv(4096).decode()]
+    finally:
+        sw.close()
+        srv.close()
+    # <PRI> = facility * 8 + severity: local4 is 20, info 6, error 3
+    assert got[0].startswith("<166>iked[") and "tunnel up" in got[0], got
+    assert got[1].startswith("<163>iked[") and "tunnel failed" in got[1], got
+
+
 def test_unwritable_destination_keeps_old_handler(tmp_path: Path) -> None:
     good = tmp_path / "good.log"
     sw = LogSwitch()
