@@ -337,7 +337,11 @@ def test_default_wildcard_listen_with_auto_dataplane(hosts: tuple[Host, Host], t
     nat_source_ports(a)
     with Iked(a, dataplane="auto", listen=[]) as ia, Iked(b, dataplane="auto", listen=[]) as ib:
         for d in (ia, ib):
-            log = d.log(50)
+            # iked logs that it started just after its control socket appears, which is what
+            # Iked() waits for: give the line a moment.
+            deadline = time.monotonic() + 5
+            while "iked started" not in (log := d.log(50)) and time.monotonic() < deadline:
+                time.sleep(0.05)
             assert "listening on 0.0.0.0,:: ports 500/4500" in log, log
             assert "data plane XfrmDataPlane" in log or "using userspace ESP over TUN" in log, log
         with capture(b, "veth0", "ip") as cap:
