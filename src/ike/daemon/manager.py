@@ -985,23 +985,18 @@ class TunnelManager:
             if not slot.ike_alive:
                 slot.queued_children.clear()
             return
-        p2e: P2Entry | None = None
-        rekeyed = slot.p2_by_child.get(ev.rekey_of) if ev.rekey_of is not None else None
-        if rekeyed is not None:
-            # A rekey that failed: the tunnel runs on with its current SA (the engine tries again or
-            # lets it expire); it is not a new failed tunnel.
-            rekeyed.last_error = f"rekey failed: {ev.reason}"
-            rekeyed.offered, rekeyed.peer_offered = tuple(ev.offered), tuple(ev.peer_offered)
-            rekeyed.notify = ev.notify
-            log.warning("phase 2 tunnel %d: rekey failed: %s", rekeyed.number, ev.reason)
-            return
-        if ev.phase2 is not None:
+        # A failed rekey belongs to the live tunnel it would have rekeyed, which runs on (_p2_fail).
+        p2e: P2Entry | None = slot.p2_by_child.get(ev.rekey_of) if ev.rekey_of is not None else None
+        if p2e is not None and not p2e.live:
+            p2e = None
+        reason = f"rekey failed: {ev.reason}" if p2e is not None else ev.reason
+        if p2e is None and ev.phase2 is not None:
             pending = slot.p2_pending.get(ev.phase2.number)
             if pending:
                 p2e = pending.pop(0)
                 if not pending:
                     del slot.p2_pending[ev.phase2.number]
-        elif slot.p2_pending:
+        elif p2e is None and slot.p2_pending:
             # The engine could not say which definition; the oldest outstanding request failed.
             num = next(iter(slot.p2_pending))
             p2e = slot.p2_pending[num].pop(0)
@@ -1010,7 +1005,7 @@ class TunnelManager:
         if p2e is None:
             p1e = next(iter(slot.p1_by_sa.values()), None)
             p2e = self._new_p2(slot.role, ev.phase2, p1e, slot)
-        self._p2_fail(p2e, ev.reason, **detail)
+        self._p2_fail(p2e, reason, **detail)
 
     # --- entry lifecycle ------------------------------------------------------------------------
 
@@ -1070,18 +1065,17 @@ class TunnelManager:
                 del self._established_by_peer[(e.remote[0], e.remote_id)]
 
     def _p2_fail(self, e: P2Entry, reason: str, **detail: Any) -> None:
-        if e.sas and e.live and e.slot is not None and not e.slot.dead:
-            # Negotiating it again under a renewed phase 1 SA failed (_move_initiated_children): the SA it
-            # has runs on until it expires.
-            e.last_error = f"renewing it under the new phase 1 SA failed: {reason}"
-            log.error("phase 2 tunnel %d: %s", e.number, e.last_error)
-            return
-        self._died(e)
-        e.state = "failed"
         e.last_error = reason
         e.offered = tuple(detail.get("offered") or ())
         e.peer_offered = tuple(detail.get("peer_offered") or ())
         e.notify = detail.get("notify")
+        if e.sas and e.live and e.slot is not None and not e.slot.dead:
+            # A new SA for a tunnel that has one failed (its rekey, or negotiating it again under a
+            # renewed IKEv1 phase 1 SA, _move_initiated_children): the SA it has runs on.
+            log.warning("phase 2 tunnel %d: %s; its current SA runs on until it expires", e.number, reason)
+            return
+        self._died(e)
+        e.state = "failed"
         self._unlive_p2(e)
         log.error("phase 2 tunnel %d failed: %s", e.number, reason)
         for line in e.offered:

@@ -73,7 +73,7 @@ ZERO_COOKIE = bytes(8)
 _RESPONSE_CACHE = 64
 REKEYED_DELETE_DELAY_S = 5.0  # EngineSettings.extra["ikev1_rekeyed_delete_delay_s"] overrides
 _MAX_QM_IN_FLIGHT = 32
-_ERRORS = frozenset(range(1, 16384))
+_ERRORS = range(1, 16384)  # the error notify types (RFC 2408 §3.14.1); `in` on a range is arithmetic
 # What a peer answers, protected, when it refuses what came after the key exchange (RFC 2408 §3.14.1).
 _PHASE1_REFUSALS = frozenset({
     NotifyType.INVALID_KEY_INFORMATION, NotifyType.INVALID_ID_INFORMATION, NotifyType.INVALID_CERT_ENCODING,
@@ -859,7 +859,7 @@ class Ikev1Engine(EngineOutput):
         t = self._timers.get(cookie)
         if x is None and (t is None or t.confirmed):
             return False
-        kinds = _PHASE1_REFUSALS if x is None else _ERRORS
+        kinds: frozenset[int] | range = _PHASE1_REFUSALS if x is None else _ERRORS
         hit = [
             n.notify_type
             for n in rx.notifies
