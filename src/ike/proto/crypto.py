@@ -61,6 +61,8 @@ _HASHES: dict[str, Callable[[], hashes.HashAlgorithm]] = {
     "sha384": hashes.SHA384,
     "sha512": hashes.SHA512,
 }
+# Hash algorithm objects hold no state (HMAC and Hash keep their own), so one per name serves every call.
+_HASH_OBJECTS: dict[str, hashes.HashAlgorithm] = {name: make() for name, make in _HASHES.items()}
 
 
 def random_bytes(n: int) -> bytes:
@@ -78,7 +80,7 @@ def hash_bytes(name: str, data: bytes) -> bytes:
 
 
 def hmac_digest(hash_name: str, key: bytes, data: bytes) -> bytes:
-    h = c_hmac.HMAC(key, _HASHES[hash_name]())
+    h = c_hmac.HMAC(key, _HASH_OBJECTS[hash_name])
     h.update(data)
     return h.finalize()
 
@@ -90,14 +92,17 @@ def prf(name: str, key: bytes, data: bytes) -> bytes:
 
 def prf_plus(name: str, key: bytes, seed: bytes, length: int) -> bytes:
     """RFC 7296 §2.13: T1 = prf(K, S | 0x01), Tn = prf(K, Tn-1 | S | n)."""
-    h = PRF[name].hash
+    # Keyed once: every block is a copy of the keyed HMAC instead of a new key schedule.
+    keyed = c_hmac.HMAC(key, _HASH_OBJECTS[PRF[name].hash])
     out = bytearray()
     t = b""
     i = 1
     while len(out) < length:
         if i > 255:
             raise ValueError("prf+ cannot produce that much keying material")
-        t = hmac_digest(h, key, t + seed + bytes([i]))
+        h = keyed.copy()
+        h.update(t + seed + bytes((i,)))
+        t = h.finalize()
         out += t
         i += 1
     return bytes(out[:length])

@@ -8,6 +8,7 @@ method 14: len | AlgorithmIdentifier DER | signature (RSA PKCS#1 v1.5 or RSASSA-
 
 from __future__ import annotations
 
+import functools
 import hmac
 from collections.abc import Collection
 
@@ -71,8 +72,14 @@ def signed_octets(message: bytes, peer_nonce: bytes, prf_name: str, sk_p: bytes,
     return message + peer_nonce + prf(prf_name, sk_p, id_body)
 
 
+@functools.lru_cache(maxsize=32)
+def _psk_key(prf_name: str, psk: bytes) -> bytes:
+    # prf(secret, "Key Pad for IKEv2") depends on the secret alone: once per PSK, not twice per IKE_AUTH.
+    return prf(prf_name, psk, KEY_PAD)
+
+
 def psk_auth(prf_name: str, psk: bytes, octets: bytes) -> bytes:
-    return prf(prf_name, prf(prf_name, psk, KEY_PAD), octets)
+    return prf(prf_name, _psk_key(prf_name, psk), octets)
 
 
 def verify_psk(prf_name: str, psk: bytes, octets: bytes, received: bytes) -> None:
