@@ -102,32 +102,40 @@ class RawBody(Payload):
     data: bytes = b""
 
 
+_RAW_TYPES = (UnknownPayload, RawBody)  # classes whose payload type is per instance (`ptype`)
+_GENERIC = struct.Struct("!BBH")  # Next Payload, flags, Payload Length
+
+
 def payload_type(p: Payload) -> int:
-    return p.ptype if type(p) is UnknownPayload or type(p) is RawBody else p.TYPE  # type: ignore[attr-defined]
+    return p.ptype if type(p) in _RAW_TYPES else p.TYPE  # type: ignore[attr-defined]
 
 
 def encode_chain(payloads: Sequence[Payload], last_next: int = NONE) -> tuple[int, bytes]:
     """(type of the first payload, encoded chain); `last_next` is the last one's Next Payload."""
+    if not payloads:
+        return NONE, b""
     parts: list[bytes] = []
-    types = [payload_type(p) for p in payloads]
-    types.append(last_next)
-    pack = struct.pack
-    for i, p in enumerate(payloads):
+    pack = _GENERIC.pack
+    following = last_next
+    # Built back to front: each payload's Next Payload is the type of the one encoded before it.
+    for p in reversed(payloads):
         body = p.encode_body()
-        parts.append(pack("!BBH", types[i + 1], 0x80 if p.critical else 0, 4 + len(body)))
         parts.append(body)
-    return (types[0] if payloads else NONE), b"".join(parts)
+        parts.append(pack(following, 0x80 if p.critical else 0, 4 + len(body)))
+        following = p.ptype if type(p) in _RAW_TYPES else p.TYPE  # type: ignore[attr-defined]
+    parts.reverse()
+    return following, b"".join(parts)
 
 
 def decode_chain(first: int, data: bytes, base_offset: int = 0) -> list[Payload]:
     """Decode a payload chain. An SK/SKF payload must be the last; its body is returned raw."""
     out: list[Payload] = []
     nxt, pos, end = first, 0, len(data)
-    unpack, registry = struct.unpack_from, _REGISTRY
+    unpack, registry = _GENERIC.unpack_from, _REGISTRY
     while nxt != NONE:
         if pos + 4 > end:
             raise DecodeError(f"payload {PAYLOAD_NAMES.get(nxt, nxt)} header truncated at offset {pos}")
-        following, flags, length = unpack("!BBH", data, pos)
+        following, flags, length = unpack(data, pos)
         if length < 4 or pos + length > end:
             raise DecodeError(
                 f"payload {PAYLOAD_NAMES.get(nxt, nxt)} length {length} does not fit "

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import struct
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from ike.proto.v2.payloads.base import SA, DecodeError, Payload, need, register
+from ike.proto.v2.payloads.base import SA, DecodeError, Payload, register
 
 PROTO_IKE = 1
 PROTO_AH = 2
@@ -36,6 +37,15 @@ class Transform(NamedTuple):
         return struct.pack("!BBHBBH", 0 if last else 3, 0, 8 + len(attrs), self.type, 0, self.id) + attrs
 
 
+_PROPOSAL_HEAD = struct.Struct("!BBHBBBB")  # more, reserved, length, number, protocol, SPI size, transforms
+
+
+@functools.lru_cache(maxsize=256)
+def _encode_transforms(transforms: tuple[Transform, ...]) -> bytes:
+    # Our proposals are the same few in every negotiation: each transform list is encoded once.
+    return b"".join(t.encode(i == len(transforms) - 1) for i, t in enumerate(transforms))
+
+
 @dataclass
 class Proposal:
     number: int
@@ -47,11 +57,10 @@ class Proposal:
         return [t for t in self.transforms if t.type == ttype]
 
     def encode(self, last: bool) -> bytes:
-        body = b"".join(t.encode(i == len(self.transforms) - 1) for i, t in enumerate(self.transforms))
+        body = _encode_transforms(tuple(self.transforms))
         hdr_len = 8 + len(self.spi)
         return (
-            struct.pack(
-                "!BBHBBBB",
+            _PROPOSAL_HEAD.pack(
                 0 if last else 2,
                 0,
                 hdr_len + len(body),
@@ -65,7 +74,10 @@ class Proposal:
         )
 
 
-def _decode_transforms(data: bytes, count: int, pnum: int) -> list[Transform]:
+@functools.lru_cache(maxsize=512)
+def _decode_transforms(data: bytes, count: int, pnum: int) -> tuple[Transform, ...]:
+    # A peer offers the same transforms in every negotiation (only the SPI before them changes):
+    # each distinct list is parsed once; Transform is an immutable tuple, a DecodeError is not cached.
     out: list[Transform] = []
     pos, end = 0, len(data)
     unpack = struct.unpack_from
@@ -102,7 +114,7 @@ def _decode_transforms(data: bytes, count: int, pnum: int) -> list[Transform]:
         raise DecodeError(f"proposal {pnum}: last transform is not marked last")
     if len(out) != count:
         raise DecodeError(f"proposal {pnum} says {count} transforms but carries {len(out)}")
-    return out
+    return tuple(out)
 
 
 @register
@@ -122,8 +134,9 @@ class SaPayload(Payload):
         while pos < len(data):
             if last:
                 raise DecodeError("SA payload has data after the last proposal")
-            need(data[pos:], 8, "proposal header")
-            more, _r, length, num, proto, spi_size, ntrans = struct.unpack_from("!BBHBBBB", data, pos)
+            if len(data) - pos < 8:
+                raise DecodeError(f"proposal header is {len(data) - pos} bytes, needs at least 8")
+            more, _r, length, num, proto, spi_size, ntrans = _PROPOSAL_HEAD.unpack_from(data, pos)
             if more not in (0, 2):
                 raise DecodeError(f"proposal 'last substructure' is {more}, must be 0 or 2")
             if length < 8 + spi_size or pos + length > len(data):
@@ -132,7 +145,7 @@ class SaPayload(Payload):
                 raise DecodeError(f"proposal {num} SPI size {spi_size} is not 0, 4 or 8")
             spi = data[pos + 8 : pos + 8 + spi_size]
             transforms = _decode_transforms(data[pos + 8 + spi_size : pos + length], ntrans, num)
-            props.append(Proposal(num, proto, spi, transforms))
+            props.append(Proposal(num, proto, spi, list(transforms)))
             last = more == 0
             pos += length
         if not props:
