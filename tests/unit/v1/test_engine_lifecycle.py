@@ -303,13 +303,15 @@ def test_transport_mode_behind_nat_sends_nat_oa(monkeypatch: pytest.MonkeyPatch)
     from ike.proto.v1.payloads.id import NatOaPayload
 
     sent: list[list[object]] = []
-    real = IsakmpSa.seal
+    real = IsakmpSa.protected  # quick mode 1 and 2 (HASH first) are sealed by `protected`
 
-    def seal(self: IsakmpSa, exchange: int, msgid: int, payloads: list[object], encrypt: bool, flags: int = 0) -> bytes:
+    def protected(
+        self: IsakmpSa, exchange: int, msgid: int, payloads: list[object], prefix: bytes = b"", flags: int = 0
+    ) -> bytes:
         sent.append(list(payloads))
-        return real(self, exchange, msgid, payloads, encrypt, flags)
+        return real(self, exchange, msgid, payloads, prefix, flags)
 
-    monkeypatch.setattr(IsakmpSa, "seal", seal)
+    monkeypatch.setattr(IsakmpSa, "protected", protected)
     a1, _, b1, _ = basic()
     a2 = phase2(a1, A_IP, B_IP, mode="transport")
     p = Pair(a1, [a2], policies_b(b1, mirror(a2, b1)), settings=EngineSettings(extra={"force_udp_encap": True}))

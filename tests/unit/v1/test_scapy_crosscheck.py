@@ -11,7 +11,7 @@ import pytest
 from scapy.layers import isakmp as S
 
 from ike.proto.v1.isakmp_sa import IsakmpSa
-from ike.proto.v1.payloads import Header, encode_chain
+from ike.proto.v1.payloads import Header
 from ike.proto.v1.payloads.header import HEADER_LEN
 
 from .pair import Pair, basic, policies_b
@@ -21,14 +21,13 @@ from .pair import Pair, basic, policies_b
 def captured(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
     """Every message the engines build, in the clear (header with the E flag cleared)."""
     out: list[bytes] = []
-    real = IsakmpSa.seal
+    real = IsakmpSa._seal_chain  # where `seal` and `protected` both end, with the chain encoded
 
-    def seal(self: IsakmpSa, exchange: int, msgid: int, payloads: list[object], encrypt: bool, flags: int = 0) -> bytes:
-        first, body, _ = encode_chain(payloads)
+    def seal(self: IsakmpSa, exchange: int, msgid: int, first: int, body: bytes, encrypt: bool, flags: int) -> bytes:
         out.append(Header(self.cky_i, self.cky_r, first, exchange, flags, msgid).encode(HEADER_LEN + len(body)) + body)
-        return real(self, exchange, msgid, payloads, encrypt, flags)
+        return real(self, exchange, msgid, first, body, encrypt, flags)
 
-    monkeypatch.setattr(IsakmpSa, "seal", seal)
+    monkeypatch.setattr(IsakmpSa, "_seal_chain", seal)
     return out
 
 

@@ -7,16 +7,22 @@ padded with zeros to the block size and the header length covers the padding.
 from __future__ import annotations
 
 from ike.proto.crypto import CryptoError, IkeCipher
-from ike.proto.v1.payloads.header import HEADER_LEN, Flags, Header
+from ike.proto.v1.payloads.header import FLAG_ENCRYPTION, HEADER_LEN, Header, encode_header
 
 
 def encrypt_message(header: Header, payloads: bytes, cipher: IkeCipher, iv: bytes) -> bytes:
+    return encrypt_payloads(header.cky_i, header.cky_r, header.next_payload, header.exchange, header.flags,
+                            header.message_id, payloads, cipher, iv)  # fmt: skip
+
+
+def encrypt_payloads(cky_i: bytes, cky_r: bytes, next_payload: int, exchange: int, flags: int, message_id: int,
+                     payloads: bytes, cipher: IkeCipher, iv: bytes) -> bytes:  # fmt: skip
+    """`encrypt_message` with the header given by its fields."""
     bs = cipher.block_size
     padded = payloads + bytes(-len(payloads) % bs)
     ct = cipher.cbc_encrypt(iv, padded)
-    h = Header(header.cky_i, header.cky_r, header.next_payload, header.exchange,
-               header.flags | Flags.ENCRYPTION, header.message_id)  # fmt: skip
-    return h.encode(HEADER_LEN + len(ct)) + ct
+    return encode_header(cky_i, cky_r, next_payload, exchange, flags | FLAG_ENCRYPTION, message_id,
+                         HEADER_LEN + len(ct)) + ct  # fmt: skip
 
 
 def plain_message(header: Header, payloads: bytes) -> bytes:

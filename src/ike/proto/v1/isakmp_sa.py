@@ -5,17 +5,20 @@ incoming one without advancing the IVs, `accept` advances them once the message 
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass, field
 
 from ike.policy import Identity, IkeProposal, Phase1Tunnel
 from ike.proto.api import Address, Role
 from ike.proto.crypto import IkeCipher, prf
 from ike.proto.transforms import ENCR
-from ike.proto.v1.encryption import decrypt_message, encrypt_message, plain_message
+from ike.proto.v1.encryption import decrypt_message, encrypt_payloads
 from ike.proto.v1.keys import IvChain, SkeyIds
 from ike.proto.v1.payloads.chain import Decoded, decode_chain, encode_chain
 from ike.proto.v1.payloads.hash import HashPayload
-from ike.proto.v1.payloads.header import HEADER_LEN, Flags, Header
+from ike.proto.v1.payloads.header import FLAG_ENCRYPTION, HEADER_LEN, Header, encode_header
+
+_GENERIC = struct.Struct("!BBH")  # a payload's generic header
 
 
 @dataclass
@@ -76,18 +79,22 @@ class IsakmpSa:
 
     def seal(self, exchange: int, msgid: int, payloads: list[object], encrypt: bool, flags: int = 0) -> bytes:
         first, body, _ = encode_chain(payloads)
-        h = Header(self.cky_i, self.cky_r, first, exchange, flags, msgid)
+        return self._seal_chain(exchange, msgid, first, body, encrypt, flags)
+
+    def _seal_chain(self, exchange: int, msgid: int, first: int, body: bytes, encrypt: bool, flags: int) -> bytes:
+        """`seal` of an encoded payload chain."""
         if not encrypt:
-            return plain_message(h, body)
+            return encode_header(self.cky_i, self.cky_r, first, exchange, flags, msgid, HEADER_LEN + len(body)) + body
         assert self.cipher is not None and self.iv is not None
-        out = encrypt_message(h, body, self.cipher, self.iv.get(msgid))
+        out = encrypt_payloads(self.cky_i, self.cky_r, first, exchange, flags, msgid, body, self.cipher,
+                               self.iv.get(msgid))  # fmt: skip
         self.iv.advance(msgid, out[HEADER_LEN:])
         self.bytes_seen += len(out)
         return out
 
     def open(self, data: bytes, h: Header) -> list[Decoded]:
         """Decode (and decrypt if the E flag is set) without touching the IV chain."""
-        if h.flags & Flags.ENCRYPTION:
+        if h.flags & FLAG_ENCRYPTION:
             if self.cipher is None or self.iv is None:
                 from ike.proto.v1.payloads.errors import DecodeError
 
@@ -97,7 +104,7 @@ class IsakmpSa:
         return decode_chain(h.next_payload, data[HEADER_LEN:])
 
     def accept(self, data: bytes, h: Header) -> None:
-        if h.flags & Flags.ENCRYPTION and self.iv is not None:
+        if h.flags & FLAG_ENCRYPTION and self.iv is not None:
             self.iv.advance(h.message_id, data[HEADER_LEN:])
         self.bytes_seen += len(data)
 
@@ -111,6 +118,9 @@ class IsakmpSa:
         self, exchange: int, msgid: int, payloads: list[object], prefix: bytes = b"", flags: int = 0
     ) -> bytes:
         """HDR*, HASH(msgid | prefix | payloads...), payloads: quick mode 1/2 and informational."""
-        _, body, _ = encode_chain(payloads)
+        first, body, _ = encode_chain(payloads)
         digest = self.hash_of(msgid.to_bytes(4, "big") + prefix + body)
-        return self.seal(exchange, msgid, [HashPayload(digest), *payloads], encrypt=True, flags=flags)
+        # The HASH payload goes in front of the chain already encoded (the bytes encode_chain gives
+        # for [HashPayload(digest), *payloads]) rather than encoding the payloads a second time.
+        hash_raw = _GENERIC.pack(first, 0, len(digest) + 4) + digest
+        return self._seal_chain(exchange, msgid, HashPayload.TYPE, hash_raw + body, True, flags)

@@ -20,7 +20,7 @@ from ike.proto.v1.exchanges.errors import Drop
 from ike.proto.v1.isakmp_sa import IsakmpSa
 from ike.proto.v1.payloads import DecodeError, DeletePayload, Exchange, HashPayload, NotifyPayload, NotifyType
 from ike.proto.v1.payloads.encoding import plain_payloads
-from ike.proto.v1.payloads.header import Flags, Header
+from ike.proto.v1.payloads.header import FLAG_ENCRYPTION, Header
 from ike.proto.v1.payloads.sa import PROTO_ISAKMP
 
 
@@ -76,7 +76,7 @@ class Received:
 def receive(sa: IsakmpSa | None, data: bytes, h: Header) -> Received:
     """Check and decode an informational message. Protected ones must carry a valid HASH(1);
     unprotected ones are only returned for the caller to judge (error notifies during phase 1)."""
-    if h.flags & Flags.ENCRYPTION:
+    if h.flags & FLAG_ENCRYPTION:
         if sa is None or sa.keys is None:
             raise Drop("encrypted informational message for an SA without keys")
         try:

@@ -78,6 +78,8 @@ def _parsers() -> dict[int, object]:
 
 _PARSERS: dict[int, object] = {}
 MAX_PAYLOADS = 64
+_GENERIC = struct.Struct("!BBH")  # next payload, reserved, length
+_SA_INNER = (int(PayloadType.PROPOSAL), int(PayloadType.TRANSFORM))  # plain ints: no enum lookups per payload
 
 
 def decode_chain(first: int, data: bytes, trailing_ok: int = 0) -> list[Decoded]:
@@ -85,40 +87,43 @@ def decode_chain(first: int, data: bytes, trailing_ok: int = 0) -> list[Decoded]
     the last payload (decrypted messages are padded to the cipher block)."""
     if not _PARSERS:
         _PARSERS.update(_parsers())
+    parsers = _PARSERS
     out: list[Decoded] = []
     pos, np = 0, first
-    while np != PayloadType.NONE:
+    end = len(data)
+    while np != 0:  # PayloadType.NONE
         if len(out) >= MAX_PAYLOADS:
             raise DecodeError(f"more than {MAX_PAYLOADS} payloads in one message")
-        if np in (PayloadType.PROPOSAL, PayloadType.TRANSFORM):
+        if np in _SA_INNER:
             raise DecodeError(f"payload type {np} may only appear inside an SA payload")
-        if pos + 4 > len(data):
+        if pos + 4 > end:
             raise DecodeError(f"payload {np} header runs past the end of the message")
-        nxt, _reserved, length = struct.unpack_from("!BBH", data, pos)
-        if length < 4 or pos + length > len(data):
-            raise DecodeError(f"payload {np} length {length} is invalid for the {len(data) - pos} bytes left")
+        nxt, _reserved, length = _GENERIC.unpack_from(data, pos)
+        if length < 4 or pos + length > end:
+            raise DecodeError(f"payload {np} length {length} is invalid for the {end - pos} bytes left")
         raw = data[pos : pos + length]
-        parser = _PARSERS.get(np)
+        parser = parsers.get(np)
         obj = parser(raw[4:]) if parser is not None else RawPayload(np, raw[4:])  # type: ignore[operator]
         out.append(Decoded(obj, np, raw))
         pos += length
         np = nxt
-    if len(data) - pos > trailing_ok:
+    if end - pos > trailing_ok:
         raise DecodeError(f"{len(data) - pos} unexpected bytes after the last payload")
     return out
 
 
 def encode_chain(payloads: list[object]) -> tuple[int, bytes, list[bytes]]:
     """(first payload type, the chain, each payload's bytes with its generic header)."""
-    bodies = [(_ptype(p), p.body()) for p in payloads]  # type: ignore[attr-defined]
+    types = [_ptype(p) for p in payloads]
+    bodies: list[bytes] = [p.body() for p in payloads]  # type: ignore[attr-defined]
+    types.append(0)  # what follows the last payload
+    pack = _GENERIC.pack
     raws: list[bytes] = []
-    for i, (_, body) in enumerate(bodies):
-        nxt = bodies[i + 1][0] if i + 1 < len(bodies) else 0
+    for i, body in enumerate(bodies):
         if len(body) + 4 > 0xFFFF:
             raise ValueError("payload too large")
-        raws.append(struct.pack("!BBH", nxt, 0, len(body) + 4) + body)
-    first = bodies[0][0] if bodies else 0
-    return first, b"".join(raws), raws
+        raws.append(pack(types[i + 1], 0, len(body) + 4) + body)
+    return types[0], b"".join(raws), raws
 
 
 def _ptype(p: object) -> int:
