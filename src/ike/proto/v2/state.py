@@ -103,19 +103,32 @@ class ChildSa:
     # its deadlines in a heap instead of scanning every child on each get_timer().
     watcher: Callable[[ChildSa], None] | None = field(default=None, repr=False, compare=False)
 
-    def __setattr__(self, name: str, value: object) -> None:
-        object.__setattr__(self, name, value)
-        if name in _DEADLINE_FIELDS:
-            w = self.__dict__.get("watcher")
-            if w is not None:
-                w(self)
-
     def set_state(self, new: ChildState) -> None:
         if new is self.state:
             return
         if new not in CHILD_TRANSITIONS[self.state]:
             raise RuntimeError(f"child SA {self.child_id}: {self.state.value} -> {new.value} is not allowed")
         self.state = new
+
+
+class _Watched:
+    """A ChildSa field whose every assignment tells the child's watcher. Only __set__ is defined, so
+    reads come straight from the instance dict, and the other fields are set without any hook (a
+    __setattr__ for the whole class ran on each of the 21 fields of every new child)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __set__(self, child: ChildSa, value: object) -> None:
+        d = child.__dict__
+        d[self.name] = value
+        w = d.get("watcher")
+        if w is not None:
+            w(child)
+
+
+for _field in _DEADLINE_FIELDS:
+    setattr(ChildSa, _field, _Watched(_field))
 
 
 @dataclass
