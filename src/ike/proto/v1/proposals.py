@@ -41,6 +41,25 @@ ENCAP_MODES = {
 _AH_IDS = {"hmac-md5-96": 2, "hmac-sha1-96": 3, "hmac-sha2-256-128": 5, "hmac-sha2-384-192": 6, "hmac-sha2-512-256": 7}
 
 
+def _by_wire(pairs: list[tuple[str, int | None]]) -> dict[int, str]:
+    """Wire number -> name, the first name in table order winning (as a scan of the table finds)."""
+    out: dict[int, str] = {}
+    for name, wire in pairs:
+        if wire is not None:
+            out.setdefault(wire, name)
+    return out
+
+
+# The transform tables read backwards, built once rather than scanned for every peer transform.
+_ENCR_BY_IKE_ID = _by_wire([(n, e.v1_ike_id) for n, e in ENCR.items()])
+_ENCR_BY_ESP_ID = _by_wire([(n, e.v1_esp_id) for n, e in ENCR.items()])
+_PRF_BY_HASH_ID = _by_wire([(n, f.v1_hash_id) for n, f in PRF.items()])
+_INTEG_BY_AUTH_ID = _by_wire([(n, i.v1_auth_id) for n, i in INTEG.items()])
+_AH_BY_ID = _by_wire(list(_AH_IDS.items()))
+_P1_KNOWN = frozenset({P1_ENCR, P1_HASH, P1_AUTH, P1_GROUP, P1_KEYLEN})
+_P2_KNOWN = frozenset({P2_GROUP, P2_ENCAP, P2_AUTH, P2_KEYLEN, P2_ESN})
+
+
 class Unsupported(ValueError):
     """A transform that names something we do not implement (not an error: try the next one)."""
 
@@ -113,16 +132,18 @@ def decode_phase1_transform(t: Transform) -> tuple[IkeProposal, int, int, int]:
         raise Unsupported(f"transform ID {t.transform_id} is not KEY_IKE")
     vals: dict[int, int] = {}
     for a in t.attrs:
-        if a.type in (P1_LIFE_TYPE, P1_LIFE_DURATION):
+        at = a.type
+        if at in (P1_LIFE_TYPE, P1_LIFE_DURATION):
             continue
-        if a.type not in (P1_ENCR, P1_HASH, P1_AUTH, P1_GROUP, P1_KEYLEN):
-            raise Unsupported(f"phase 1 attribute {a.type} is not supported")
-        vals[a.type] = a.as_int()
+        if at not in _P1_KNOWN:
+            raise Unsupported(f"phase 1 attribute {at} is not supported")
+        v = a.value
+        vals[at] = v if type(v) is int else a.as_int()
     for need, name in ((P1_ENCR, "encryption"), (P1_HASH, "hash"), (P1_AUTH, "auth method"), (P1_GROUP, "group")):
         if need not in vals:
             raise Unsupported(f"no {name} attribute")
-    encr = next((n for n, e in ENCR.items() if e.v1_ike_id == vals[P1_ENCR]), None)
-    prf = next((n for n, p in PRF.items() if p.v1_hash_id == vals[P1_HASH]), None)
+    encr = _ENCR_BY_IKE_ID.get(vals[P1_ENCR])
+    prf = _PRF_BY_HASH_ID.get(vals[P1_HASH])
     if encr is None:
         raise Unsupported(f"phase 1 encryption algorithm {vals[P1_ENCR]}")
     if prf is None:
@@ -153,24 +174,45 @@ def select_phase1(
 ) -> tuple[Phase1Choice | None, list[str]]:
     """Our first proposal (local policy order) that one of the peer's transforms matches, and the
     peer's offer as text lines for a failure message."""
-    peer: list[tuple[Transform, IkeProposal, int, int, int]] = []
-    lines: list[str] = []
+    return choose_phase1(ours, our_auth, peer_phase1(sa)), phase1_lines(sa)
+
+
+PeerPhase1 = list[tuple[Transform, IkeProposal, int, int, int]]
+
+
+def peer_phase1(sa: SaPayload) -> PeerPhase1:
+    """The peer's phase 1 transforms that we understand, decoded (once for all the candidates)."""
+    peer: PeerPhase1 = []
     for prop in sa.proposals:
         if prop.protocol != PROTO_ISAKMP:
-            lines.append(f"proposal {prop.number}: protocol {prop.protocol} is not ISAKMP")
             continue
         for t in prop.transforms:
-            lines.append(describe_phase1(t))
             try:
                 p, auth, secs, kb = decode_phase1_transform(t)
             except (Unsupported, DecodeError):
                 continue
             peer.append((t, p, auth, secs, kb))
+    return peer
+
+
+def choose_phase1(ours: tuple[IkeProposal, ...], our_auth: AuthMethod, peer: PeerPhase1) -> Phase1Choice | None:
+    """`select_phase1`'s choice, from the decoded peer transforms."""
     for mine in ours:
         for t, p, auth, secs, kb in peer:
             if p == mine and auth_from_value(auth) is our_auth:
-                return Phase1Choice(p, auth, secs, kb, t), lines
-    return None, lines
+                return Phase1Choice(p, auth, secs, kb, t)
+    return None
+
+
+def phase1_lines(sa: SaPayload) -> list[str]:
+    """The peer's phase 1 offer as text lines (for a failure message: only built for one)."""
+    lines: list[str] = []
+    for prop in sa.proposals:
+        if prop.protocol != PROTO_ISAKMP:
+            lines.append(f"proposal {prop.number}: protocol {prop.protocol} is not ISAKMP")
+            continue
+        lines += [describe_phase1(t) for t in prop.transforms]
+    return lines
 
 
 # --- phase 2 --------------------------------------------------------------------------------------
@@ -231,14 +273,16 @@ def decode_phase2_transform(protocol: int, t: Transform) -> tuple[EspProposal, i
     """(proposal, encapsulation mode, group, life seconds, life kilobytes)."""
     vals: dict[int, int] = {}
     for a in t.attrs:
-        if a.type in (P2_LIFE_TYPE, P2_LIFE_DURATION):
+        at = a.type
+        if at in (P2_LIFE_TYPE, P2_LIFE_DURATION):
             continue
-        if a.type not in (P2_GROUP, P2_ENCAP, P2_AUTH, P2_KEYLEN, P2_ESN):
-            raise Unsupported(f"phase 2 attribute {a.type} is not supported")
-        vals[a.type] = a.as_int()
+        if at not in _P2_KNOWN:
+            raise Unsupported(f"phase 2 attribute {at} is not supported")
+        v = a.value
+        vals[at] = v if type(v) is int else a.as_int()
     integ = None
     if P2_AUTH in vals:
-        integ = next((n for n, i in INTEG.items() if i.v1_auth_id == vals[P2_AUTH]), None)
+        integ = _INTEG_BY_AUTH_ID.get(vals[P2_AUTH])
         if integ is None:
             raise Unsupported(f"authentication algorithm {vals[P2_AUTH]}")
     encap = vals.get(P2_ENCAP, ENCAP_TUNNEL)
@@ -249,11 +293,11 @@ def decode_phase2_transform(protocol: int, t: Transform) -> tuple[EspProposal, i
         raise Unsupported(f"PFS group {group}")
     secs, kb = _lifetimes(t, P2_LIFE_TYPE, P2_LIFE_DURATION)
     if protocol == PROTO_AH:
-        name = next((n for n, tid in _AH_IDS.items() if tid == t.transform_id), None)
+        name = _AH_BY_ID.get(t.transform_id)
         if name is None or name != integ:
             raise Unsupported(f"AH transform {t.transform_id}")
         return EspProposal("null", 0, name), encap, group, secs, kb
-    encr = next((n for n, e in ENCR.items() if e.v1_esp_id == t.transform_id), None)
+    encr = _ENCR_BY_ESP_ID.get(t.transform_id)
     if encr is None:
         raise Unsupported(f"ESP transform {t.transform_id}")
     e = ENCR[encr]
@@ -283,20 +327,26 @@ def select_phase2(
     ours: tuple[EspProposal, ...], protocol: int, group: int, sa: SaPayload
 ) -> tuple[Phase2Choice | None, list[str], str]:
     """(choice, the peer's offer as text, why nothing matched)."""
-    lines: list[str] = []
+    choice, why = choose_phase2(ours, protocol, group, sa)
+    return choice, phase2_lines(sa), why
+
+
+def _bundled(sa: SaPayload, number: int) -> bool:
+    return sum(1 for q in sa.proposals if q.number == number) > 1
+
+
+def choose_phase2(
+    ours: tuple[EspProposal, ...], protocol: int, group: int, sa: SaPayload
+) -> tuple[Phase2Choice | None, str]:
+    """`select_phase2` without the text lines (built only for a failure, by `phase2_lines`)."""
     peer: list[tuple[Proposal, Transform, EspProposal, int, int, int, int]] = []
+    several = len(sa.proposals) > 1
     for prop in sa.proposals:
         if prop.protocol not in (PROTO_ESP, PROTO_AH):
-            lines.append(f"proposal {prop.number}: protocol {prop.protocol} is not ESP or AH")
             continue
-        bundled = sum(1 for q in sa.proposals if q.number == prop.number) > 1
-        if len(prop.spi) != 4:
-            lines.append(f"proposal {prop.number}: SPI of {len(prop.spi)} bytes")
+        if (several and _bundled(sa, prop.number)) or len(prop.spi) != 4:
             continue
         for t in prop.transforms:
-            lines.append(describe_phase2(prop.protocol, t) + (" (bundle)" if bundled else ""))
-            if bundled:
-                continue
             try:
                 p, encap, g, secs, kb = decode_phase2_transform(prop.protocol, t)
             except (Unsupported, DecodeError):
@@ -315,8 +365,24 @@ def select_phase2(
             if g != group:
                 why = f"PFS group: we want {group or 'none'}, peer offers {g or 'none'}"
                 continue
-            return Phase2Choice(mine, protocol, prop.spi, encap, g, secs, kb, t, prop.number), lines, ""
-    return None, lines, why
+            return Phase2Choice(mine, protocol, prop.spi, encap, g, secs, kb, t, prop.number), ""
+    return None, why
+
+
+def phase2_lines(sa: SaPayload) -> list[str]:
+    """The peer's phase 2 offer as text lines (for a failure message: only built for one)."""
+    lines: list[str] = []
+    for prop in sa.proposals:
+        if prop.protocol not in (PROTO_ESP, PROTO_AH):
+            lines.append(f"proposal {prop.number}: protocol {prop.protocol} is not ESP or AH")
+            continue
+        bundled = _bundled(sa, prop.number)
+        if len(prop.spi) != 4:
+            lines.append(f"proposal {prop.number}: SPI of {len(prop.spi)} bytes")
+            continue
+        for t in prop.transforms:
+            lines.append(describe_phase2(prop.protocol, t) + (" (bundle)" if bundled else ""))
+    return lines
 
 
 def key_lengths(protocol: int, p: EspProposal) -> tuple[int, int]:

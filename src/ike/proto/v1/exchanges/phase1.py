@@ -66,8 +66,10 @@ from ike.proto.v1.proposals import (
     P1_LIFE_TYPE,
     Phase1Choice,
     auth_from_value,
+    choose_phase1,
+    peer_phase1,
+    phase1_lines,
     phase1_sa,
-    select_phase1,
 )
 
 NONCE_LEN = 32
@@ -195,9 +197,9 @@ class Phase1Exchange:
         sa = sa_d.payload
         assert isinstance(sa, SaPayload)
         self.sai_b = sa_d.body
-        peer_lines: list[str] = []
+        peer = peer_phase1(sa)
         for t in candidates:
-            choice, peer_lines = select_phase1(t.policy.proposals, t.policy.auth, sa)
+            choice = choose_phase1(t.policy.proposals, t.policy.auth, peer)
             if choice is not None:
                 self.tunnel = t
                 self.choice = choice
@@ -211,13 +213,12 @@ class Phase1Exchange:
             raise ExchangeFailed(
                 f"no IKEv1 {self.mode_name} tunnel is defined for {self.sa.local[0]} <-> {self.sa.remote[0]}",
                 NotifyType.NO_PROPOSAL_CHOSEN,
-                peer_offered=tuple(peer_lines),
             )
         raise ExchangeFailed(
             "no phase 1 proposal matches",
             NotifyType.NO_PROPOSAL_CHOSEN,
             offered=self.offered_lines(candidates),
-            peer_offered=tuple(peer_lines),
+            peer_offered=tuple(phase1_lines(sa)),
         )
 
     def _adopt_choice(self, choice: Phase1Choice) -> None:
@@ -245,13 +246,13 @@ class Phase1Exchange:
             raise ExchangeFailed(
                 "the responder's SA payload must carry exactly one transform", NotifyType.BAD_PROPOSAL_SYNTAX
             )
-        choice, lines = select_phase1(self.tunnel.policy.proposals, self.tunnel.policy.auth, sa)
+        choice = choose_phase1(self.tunnel.policy.proposals, self.tunnel.policy.auth, peer_phase1(sa))
         if choice is None:
             raise ExchangeFailed(
                 "the responder chose a phase 1 transform we did not offer",
                 NotifyType.NO_PROPOSAL_CHOSEN,
                 offered=self.offered_lines([self.tunnel]),
-                peer_offered=tuple(lines),
+                peer_offered=tuple(phase1_lines(sa)),
             )
         self.choice = choice
         pol = self.tunnel.policy

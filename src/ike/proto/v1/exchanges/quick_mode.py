@@ -58,10 +58,11 @@ from ike.proto.v1.proposals import (
     P2_LIFE_DURATION,
     P2_LIFE_TYPE,
     Phase2Choice,
+    choose_phase2,
     key_lengths,
+    phase2_lines,
     phase2_sa,
     phase2_transform,
-    select_phase2,
 )
 
 DEFAULT_P2_LIFETIME = 28800  # RFC 2407 §4.5
@@ -232,13 +233,13 @@ class QuickMode:
         if len(sa.proposals) != 1 or len(sa.proposals[0].transforms) != 1:
             raise ExchangeFailed("the responder's quick mode SA must carry exactly one transform",
                                  NotifyType.BAD_PROPOSAL_SYNTAX)  # fmt: skip
-        choice, lines, why = select_phase2(pol.proposals, self.protocol, pol.pfs_group, sa)
+        choice, why = choose_phase2(pol.proposals, self.protocol, pol.pfs_group, sa)
         if choice is None:
             raise ExchangeFailed(
                 f"the responder chose a phase 2 transform we did not offer ({why})",
                 NotifyType.NO_PROPOSAL_CHOSEN,
                 offered=self.offered_lines(self.phase2),
-                peer_offered=tuple(lines),
+                peer_offered=tuple(phase2_lines(sa)),
             )
         self.choice = choice
         self.nr = nonces[0].data
@@ -392,7 +393,7 @@ class QuickMode:
         self.local_ts, self.remote_ts = local, remote
         pol = p2.policy
         self.protocol = PROTO_AH if pol.protocol == "ah" else PROTO_ESP
-        choice, lines, why = select_phase2(pol.proposals, self.protocol, pol.pfs_group, sas[0])
+        choice, why = choose_phase2(pol.proposals, self.protocol, pol.pfs_group, sas[0])
         if choice is not None and ENCAP_MODES[choice.encap][0] != pol.mode:
             why = f"the peer wants {ENCAP_MODES[choice.encap][0]} mode, tunnel {p2.name} is {pol.mode} mode"
             choice = None
@@ -401,7 +402,7 @@ class QuickMode:
                 f"no phase 2 proposal matches ({why})",
                 NotifyType.NO_PROPOSAL_CHOSEN,
                 offered=self.offered_lines(p2),
-                peer_offered=tuple(lines),
+                peer_offered=tuple(phase2_lines(sas[0])),
             )
         self.choice = choice
         self._take_ke(rest, pol.pfs_group)
