@@ -7,6 +7,7 @@ in its order, and as responder walk *our* list first, taking the first one any p
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 from ike.policy import EspProposal, IkeProposal
@@ -15,30 +16,48 @@ from ike.proto.v2.payloads import sa as w
 from ike.proto.v2.payloads.sa import Proposal, Transform
 
 
+# Transforms of our own proposals come from the policy, the same in every negotiation: each is built
+# once (the caches are keyed by the policy values, all immutable; the results are immutable tuples).
+@functools.lru_cache(maxsize=256)
 def _encr_transform(name: str, keylen: int) -> Transform:
     e = ENCR[name]
     assert e.v2_id is not None
     return Transform(w.ENCR, e.v2_id, keylen if e.keylen_attr else None)
 
 
-def ike_to_wire(p: IkeProposal, number: int, spi: bytes = b"") -> Proposal:
+@functools.lru_cache(maxsize=256)
+def _integ_transform(name: str) -> Transform:
+    return Transform(w.INTEG, INTEG[name].v2_id or 0)
+
+
+@functools.lru_cache(maxsize=256)
+def _ike_transforms(p: IkeProposal) -> tuple[Transform, ...]:
     t = [_encr_transform(p.encr, p.encr_keylen), Transform(w.PRF, PRF[p.prf].v2_id or 0)]
     if p.integ:
-        t.append(Transform(w.INTEG, INTEG[p.integ].v2_id or 0))
+        t.append(_integ_transform(p.integ))
     t.append(Transform(w.DH, p.dh))
-    return Proposal(number, w.PROTO_IKE, spi, t)
+    return tuple(t)
 
 
-def esp_to_wire(p: EspProposal, number: int, spi: bytes, pfs_group: int, protocol: int = w.PROTO_ESP) -> Proposal:
+@functools.lru_cache(maxsize=256)
+def _esp_transforms(p: EspProposal, pfs_group: int, protocol: int) -> tuple[Transform, ...]:
     t: list[Transform] = []
     if protocol == w.PROTO_ESP:
         t.append(_encr_transform(p.encr, p.encr_keylen))
     if p.integ:
-        t.append(Transform(w.INTEG, INTEG[p.integ].v2_id or 0))
+        t.append(_integ_transform(p.integ))
     if pfs_group:
         t.append(Transform(w.DH, pfs_group))
     t.append(Transform(w.ESN, 1 if p.esn else 0))
-    return Proposal(number, protocol, spi, t)
+    return tuple(t)
+
+
+def ike_to_wire(p: IkeProposal, number: int, spi: bytes = b"") -> Proposal:
+    return Proposal(number, w.PROTO_IKE, spi, list(_ike_transforms(p)))
+
+
+def esp_to_wire(p: EspProposal, number: int, spi: bytes, pfs_group: int, protocol: int = w.PROTO_ESP) -> Proposal:
+    return Proposal(number, protocol, spi, list(_esp_transforms(p, pfs_group, protocol)))
 
 
 def _has(prop: Proposal, want: Transform) -> bool:
@@ -49,19 +68,20 @@ def _integ_ok(prop: Proposal, integ: str | None) -> bool:
     integs = prop.of_type(w.INTEG)
     if integ is None:
         return not integs or any(t.id == 0 for t in integs)
-    return Transform(w.INTEG, INTEG[integ].v2_id or 0) in integs
+    return _integ_transform(integ) in integs
 
 
 def ike_matches(ours: IkeProposal, prop: Proposal, with_dh: bool = True) -> bool:
     if prop.protocol != w.PROTO_IKE:
         return False
-    if not _has(prop, _encr_transform(ours.encr, ours.encr_keylen)):
+    mine = _ike_transforms(ours)  # ENCR, PRF, [INTEG,] DH
+    if not _has(prop, mine[0]):
         return False
-    if not _has(prop, Transform(w.PRF, PRF[ours.prf].v2_id or 0)):
+    if not _has(prop, mine[1]):
         return False
     if not _integ_ok(prop, ours.integ):
         return False
-    return not with_dh or _has(prop, Transform(w.DH, ours.dh))
+    return not with_dh or _has(prop, mine[-1])
 
 
 def choose_ike(ours: Sequence[IkeProposal], theirs: Sequence[Proposal]) -> tuple[IkeProposal, Proposal] | None:
