@@ -351,12 +351,20 @@ class QuickMode:
 
     def process_qm1(self, payloads: list[Decoded], h: Header) -> bytes:
         rest = self._check_hash(payloads, b"")
-        sas = [d.payload for d in rest if isinstance(d.payload, SaPayload)]
-        nonces = [d.payload for d in rest if isinstance(d.payload, NoncePayload)]
+        sas: list[SaPayload] = []
+        nonces: list[NoncePayload] = []
+        ids: list[IdPayload] = []
+        for d in rest:  # one pass, sorting by payload type
+            x = d.payload
+            if isinstance(x, SaPayload):
+                sas.append(x)
+            elif isinstance(x, NoncePayload):
+                nonces.append(x)
+            elif isinstance(x, IdPayload):
+                ids.append(x)
         if len(sas) != 1 or len(nonces) != 1:
             raise Drop("QM1 needs one SA and one nonce payload")
         self.ni = nonces[0].data
-        ids = [d.payload for d in rest if isinstance(d.payload, IdPayload)]
         try:
             if len(ids) == 2:
                 idci, idcr = id_to_selector(ids[0]), id_to_selector(ids[1])
@@ -380,8 +388,9 @@ class QuickMode:
                 peer_offered=(f"{idcr} <-> {idci}",),
             )
         self.phase2 = p2
-        local = p2.local_ts.intersect(idcr)
-        remote = p2.remote_ts.intersect(idci)
+        # What a definition equal to the proposal narrows it to is the proposal itself.
+        local = idcr if p2.local_ts == idcr else p2.local_ts.intersect(idcr)
+        remote = idci if p2.remote_ts == idci else p2.remote_ts.intersect(idci)
         if local is None or remote is None:
             raise ExchangeFailed(
                 f"phase 2 tunnel {p2.name} ({p2.local_ts} <-> {p2.remote_ts}) does not overlap the peer's "

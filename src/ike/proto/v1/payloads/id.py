@@ -6,6 +6,7 @@ uses addresses, subnets and ranges with an IP protocol and a port (`selector_to_
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import struct
 from dataclasses import dataclass
@@ -45,6 +46,8 @@ class IdPayload:
         return cls(t, bytes(body[4:]), proto, port)
 
 
+# Our definitions' selectors (and the peer's, echoed) come back in every quick mode: encode each once.
+@functools.lru_cache(maxsize=1024)
 def selector_to_id(ts: TrafficSelector) -> IdPayload:
     """A quick mode ID: host -> ADDR, subnet -> ADDR_SUBNET, otherwise ADDR_RANGE. IKEv1 carries one
     port, so a selector must name a single port or all of them."""
@@ -68,6 +71,8 @@ def selector_to_id(ts: TrafficSelector) -> IdPayload:
     )
 
 
+# A peer proposes the same selectors in every quick mode (the results are immutable; errors are not kept).
+@functools.lru_cache(maxsize=1024)
 def id_to_selector(p: IdPayload) -> TrafficSelector:
     """Decode a quick mode ID; DecodeError for types that are not addresses or for bad lengths."""
     t, d = p.id_type, p.data
