@@ -74,10 +74,7 @@ class Proposal:
         )
 
 
-@functools.lru_cache(maxsize=512)
 def _decode_transforms(data: bytes, count: int, pnum: int) -> tuple[Transform, ...]:
-    # A peer offers the same transforms in every negotiation (only the SPI before them changes):
-    # each distinct list is parsed once; Transform is an immutable tuple, a DecodeError is not cached.
     out: list[Transform] = []
     pos, end = 0, len(data)
     unpack = struct.unpack_from
@@ -117,6 +114,11 @@ def _decode_transforms(data: bytes, count: int, pnum: int) -> tuple[Transform, .
     return tuple(out)
 
 
+# A peer offers the same transforms in every negotiation (only the SPI before them changes): each
+# distinct list of an ordinary size is parsed once (Transforms are immutable; a DecodeError is not cached).
+_cached_transforms = functools.lru_cache(maxsize=512)(_decode_transforms)
+
+
 @register
 @dataclass
 class SaPayload(Payload):
@@ -144,7 +146,9 @@ class SaPayload(Payload):
             if spi_size not in (0, 4, 8):
                 raise DecodeError(f"proposal {num} SPI size {spi_size} is not 0, 4 or 8")
             spi = data[pos + 8 : pos + 8 + spi_size]
-            transforms = _decode_transforms(data[pos + 8 + spi_size : pos + length], ntrans, num)
+            tdata = data[pos + 8 + spi_size : pos + length]
+            decode = _cached_transforms if len(tdata) <= 512 else _decode_transforms
+            transforms = decode(tdata, ntrans, num)
             props.append(Proposal(num, proto, spi, list(transforms)))
             last = more == 0
             pos += length

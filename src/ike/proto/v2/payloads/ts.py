@@ -23,10 +23,7 @@ def encode_ts(ts: TrafficSelector) -> bytes:
     return _TS_HEAD.pack(t, ts.protocol, n, ts.port_start, ts.port_end) + start.packed + ts.end.packed
 
 
-@functools.lru_cache(maxsize=512)
 def _decode_selectors(data: bytes) -> tuple[TrafficSelector, ...]:
-    # A peer sends the same selectors in every negotiation: each distinct body is parsed and checked once
-    # (selectors are immutable, so the decoded ones are shared; a DecodeError is not cached).
     need(data, 4, "TS payload")
     count = data[0]
     pos = 4
@@ -58,6 +55,11 @@ def _decode_selectors(data: bytes) -> tuple[TrafficSelector, ...]:
     return tuple(out)
 
 
+# A peer sends the same selectors in every negotiation: each distinct body of an ordinary size is parsed
+# and checked once (selectors are immutable, so the decoded ones are shared; a DecodeError is not cached).
+_cached_selectors = functools.lru_cache(maxsize=512)(_decode_selectors)
+
+
 @dataclass
 class TsPayload(Payload):
     selectors: list[TrafficSelector] = field(default_factory=list)
@@ -68,7 +70,7 @@ class TsPayload(Payload):
     @classmethod
     def decode_body(cls, data: bytes, ptype: int) -> TsPayload:
         c = TsiPayload if ptype == TSI else TsrPayload
-        return c(selectors=list(_decode_selectors(data)))
+        return c(selectors=list(_cached_selectors(data) if len(data) <= 256 else _decode_selectors(data)))
 
 
 @register
