@@ -15,12 +15,13 @@ A failed first child does not fail the IKE SA (§1.2): its error notify goes in 
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING
 
 from ike.policy import AuthMethod, Identity, Phase1Tunnel, Phase2Tunnel
-from ike.proto import certs
+from ike.proto import certs, identity
 from ike.proto.certs import AuthError
-from ike.proto.identity import IdentityError, identities_match, identity_from_wire, identity_to_wire
+from ike.proto.identity import IdentityError, identities_match
 from ike.proto.v2 import auth as a
 from ike.proto.v2.exchanges import child_create
 from ike.proto.v2.exchanges.base import Reply, Result, Task
@@ -37,6 +38,17 @@ from ike.proto.v2.state import IkeSa, IkeState
 
 if TYPE_CHECKING:
     from ike.proto.v2.engine import Ikev2Engine
+
+# Peers and our definitions present the same few identities in every IKE_AUTH: each is converted once
+# (identities are immutable, the ID data is bytes; an IdentityError is raised each time, never cached).
+_cached_from_wire = functools.lru_cache(maxsize=256)(identity.identity_from_wire)
+identity_to_wire = functools.lru_cache(maxsize=256)(identity.identity_to_wire)
+
+
+def identity_from_wire(id_type: int, data: bytes) -> Identity:
+    # Only ordinary sizes are kept, so what a peer can make the cache hold stays small.
+    return _cached_from_wire(id_type, data) if len(data) <= 256 else identity.identity_from_wire(id_type, data)
+
 
 _KIND = {AuthMethod.RSA: "rsa", AuthMethod.ECDSA: "ecdsa", AuthMethod.ED25519: "ed25519"}
 

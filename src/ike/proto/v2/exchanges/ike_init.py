@@ -49,8 +49,14 @@ def _packed(ip: str) -> bytes:
     return ipaddress.ip_address(ip).packed
 
 
+@functools.lru_cache(maxsize=4096)
+def _packed_address(addr: Address) -> bytes:
+    # The same few local and peer addresses go into four NAT-D hashes per IKE_SA_INIT.
+    return _packed(addr[0]) + struct.pack("!H", addr[1])
+
+
 def nat_hash(spi_i: bytes, spi_r: bytes, addr: Address) -> bytes:
-    return hashlib.sha1(spi_i + spi_r + _packed(addr[0]) + struct.pack("!H", addr[1]), usedforsecurity=False).digest()
+    return hashlib.sha1(spi_i + spi_r + _packed_address(addr), usedforsecurity=False).digest()
 
 
 def nat_payloads(spi_i: bytes, spi_r: bytes, local: Address, remote: Address, fake_src: bool) -> list[Payload]:
@@ -73,13 +79,16 @@ def check_nat(msg: Message, local: Address, remote: Address) -> tuple[bool, bool
     return we_natted, peer_natted
 
 
-def capability_payloads(eng: Ikev2Engine) -> list[Payload]:
+_OUR_HASHES_DATA = b"".join(struct.pack("!H", h) for h in OUR_HASHES)
+
+
+def capability_payloads(eng: Ikev2Engine, fragmentation: bool = True) -> list[Payload]:
+    """`fragmentation`: offer RFC 7383 fragmentation if configured (a responder only to a peer that did)."""
     out: list[Payload] = []
-    if eng.settings.fragment_size > 0:
+    if fragmentation and eng.settings.fragment_size > 0:
         out.append(NotifyPayload(notify_type=n.IKEV2_FRAGMENTATION_SUPPORTED))
     if eng.settings.extra.get("signature_hash_notify", True):
-        hashes = b"".join(struct.pack("!H", h) for h in OUR_HASHES)
-        out.append(NotifyPayload(notify_type=n.SIGNATURE_HASH_ALGORITHMS, data=hashes))
+        out.append(NotifyPayload(notify_type=n.SIGNATURE_HASH_ALGORITHMS, data=_OUR_HASHES_DATA))
     return out
 
 
@@ -88,7 +97,7 @@ def read_capabilities(sa: IkeSa, msg: Message) -> None:
     sh = msg.notify(n.SIGNATURE_HASH_ALGORITHMS)
     if sh is not None:
         d = sh.data
-        sa.peer_hashes = frozenset(struct.unpack_from("!H", d, i)[0] for i in range(0, len(d) - 1, 2))
+        sa.peer_hashes = frozenset(struct.unpack(f"!{len(d) // 2}H", d[: len(d) // 2 * 2]))
     sa.peer_wants_cert = msg.get(CertReqPayload) is not None
 
 
@@ -289,7 +298,7 @@ def process_r(eng: Ikev2Engine, dg: Datagram, msg: Message, now: float) -> IkeSa
         eng.drop(dg, "not a valid first IKE_SA_INIT request (flags, message ID or SPIs wrong)")
         return None
     for p in msg.payloads:
-        if isinstance(p, UnknownPayload) and p.critical:
+        if type(p) is UnknownPayload and p.critical:
             _reply(eng, dg, h, [NotifyPayload(notify_type=n.UNSUPPORTED_CRITICAL_PAYLOAD, data=bytes([p.ptype]))])
             eng.drop(dg, f"unsupported critical payload type {p.ptype} in IKE_SA_INIT")
             return None
@@ -370,10 +379,7 @@ def process_r(eng: Ikev2Engine, dg: Datagram, msg: Message, now: float) -> IkeSa
         out += nat_payloads(sa.spi_i, sa.spi_r, dg.local, dg.remote, sa.force_encap)
     first = candidates[0]
     out += certreq_payloads(eng, first.policy.auth, first.credentials.ca_file)
-    caps = capability_payloads(eng)
-    if not sa.peer_fragmentation:
-        caps = [c for c in caps if isinstance(c, NotifyPayload) and c.notify_type != n.IKEV2_FRAGMENTATION_SUPPORTED]
-    out += caps
+    out += capability_payloads(eng, sa.peer_fragmentation)
     sa.init_response = _reply(eng, dg, h, out, sa.spi_r)
     sa.response_cache = (0, [sa.init_response])
     sa.peer_msg_id = 1
