@@ -196,6 +196,7 @@ class Ikev1Engine(EngineOutput):
         self._initial_contact = True
         self._now = now
         self._current_request = b""
+        self._rx_digest: tuple[bytes, bytes] = (b"", b"")  # the datagram being handled, and its _digest
 
     # --- constructors -----------------------------------------------------------------------------
 
@@ -364,7 +365,9 @@ class Ikev1Engine(EngineOutput):
 
     def _remember_answer(self, request: bytes, data: bytes | None, final: bool = False) -> None:
         """What we answered to an accepted message (None: nothing), for its retransmissions."""
-        self._answers[_digest(request)] = _Answer(data, final, self._now if final else None)
+        seen, digest = self._rx_digest
+        key = digest if request is seen else _digest(request)
+        self._answers[key] = _Answer(data, final, self._now if final else None)
         while len(self._answers) > _RESPONSE_CACHE:
             self._answers.popitem(last=False)
 
@@ -395,7 +398,9 @@ class Ikev1Engine(EngineOutput):
         except DecodeError as e:
             self._dropped(f"not a valid ISAKMP message: {e}", dg.remote)
             return
-        answer = self._answers.get(_digest(dg.data))
+        digest = _digest(dg.data)
+        self._rx_digest = (dg.data, digest)  # for `_remember_answer`: hashed once
+        answer = self._answers.get(digest)
         if answer is not None:  # a retransmission of something we accepted: answer again
             data = answer.data
             if data is not None and not answer.final:
@@ -543,12 +548,13 @@ class Ikev1Engine(EngineOutput):
             self._fail_phase1(sa, x, e)
             return
         self._flights.pop(("p1", cookie), None)
+        waits = x.awaiting_reply
         if out is not None:
-            if x.awaiting_reply:
+            if waits:
                 self._send_waiting(("p1", cookie), out, sa, 1, f"{x.mode_name} with {sa.remote[0]}", now)
             else:
                 self._send_final(out, sa)
-        self._remember_answer(dg.data, out, final=not x.awaiting_reply)
+        self._remember_answer(dg.data, out, final=not waits)
         if x.established:
             self._phase1_established(sa, x, now, confirmed=out is None)
 
@@ -708,12 +714,13 @@ class Ikev1Engine(EngineOutput):
             sa.used_msgids.add(h.message_id)
             self._qms[key] = qm
         self._flights.pop(("qm", cookie, h.message_id), None)
+        waits = qm.awaiting_reply
         if out is not None:
-            if qm.awaiting_reply:
+            if waits:
                 self._send_waiting(("qm", cookie, h.message_id), out, sa, 2, f"quick mode with {sa.remote[0]}", now)
             else:
                 self._send_final(out, sa)
-        self._remember_answer(dg.data, out, final=not qm.awaiting_reply)
+        self._remember_answer(dg.data, out, final=not waits)
         if qm.done:
             self._child_established(sa, qm, now)
 

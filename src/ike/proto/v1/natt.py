@@ -7,6 +7,7 @@ our own address means we are behind a NAT, on the peer's that the peer is.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 
 from ike.proto.crypto import hash_bytes
@@ -48,4 +49,10 @@ def has_dpd(vids: list[bytes]) -> bool:
 
 
 def natd_hash(prf_name: str, cky_i: bytes, cky_r: bytes, ip: str, port: int) -> bytes:
-    return hash_bytes(PRF[prf_name].hash, cky_i + cky_r + ipaddress.ip_address(ip).packed + port.to_bytes(2, "big"))
+    return hash_bytes(PRF[prf_name].hash, cky_i + cky_r + _packed(ip) + port.to_bytes(2, "big"))
+
+
+# Our addresses and the peers' come back in every negotiation (four NAT-D hashes each): parse each once.
+@functools.lru_cache(maxsize=4096)
+def _packed(ip: str) -> bytes:
+    return ipaddress.ip_address(ip).packed
