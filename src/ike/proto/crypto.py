@@ -38,6 +38,7 @@ __all__ = [
     "IkeCipher",
     "InvalidSignature",
     "InvalidTag",
+    "KeyedPrf",
     "TripleDES",
     "hash_bytes",
     "hmac_digest",
@@ -88,6 +89,18 @@ def hmac_digest(hash_name: str, key: bytes, data: bytes) -> bytes:
 def prf(name: str, key: bytes, data: bytes) -> bytes:
     """The negotiated PRF (`name` is a key of transforms.PRF)."""
     return hmac_digest(PRF[name].hash, key, data)
+
+
+class KeyedPrf:
+    """prf(key, ·) for one key used many times: the HMAC is keyed once and copied for each value."""
+
+    def __init__(self, name: str, key: bytes) -> None:
+        self._keyed = c_hmac.HMAC(key, _HASH_OBJECTS[PRF[name].hash])
+
+    def __call__(self, data: bytes) -> bytes:
+        h = self._keyed.copy()
+        h.update(data)
+        return h.finalize()
 
 
 def prf_plus(name: str, key: bytes, seed: bytes, length: int) -> bytes:

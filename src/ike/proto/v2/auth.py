@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from ike.proto import certs
 from ike.proto.certs import AuthError, PrivateKey, PublicKey
-from ike.proto.crypto import prf
+from ike.proto.crypto import KeyedPrf, prf
 from ike.proto.v2.payloads import auth as m
 
 KEY_PAD = b"Key Pad for IKEv2"
@@ -73,13 +73,13 @@ def signed_octets(message: bytes, peer_nonce: bytes, prf_name: str, sk_p: bytes,
 
 
 @functools.lru_cache(maxsize=32)
-def _psk_key(prf_name: str, psk: bytes) -> bytes:
-    # prf(secret, "Key Pad for IKEv2") depends on the secret alone: once per PSK, not twice per IKE_AUTH.
-    return prf(prf_name, psk, KEY_PAD)
+def _psk_prf(prf_name: str, psk: bytes) -> KeyedPrf:
+    # prf(secret, "Key Pad for IKEv2") depends on the secret alone: keyed once per PSK, not twice per IKE_AUTH.
+    return KeyedPrf(prf_name, prf(prf_name, psk, KEY_PAD))
 
 
 def psk_auth(prf_name: str, psk: bytes, octets: bytes) -> bytes:
-    return prf(prf_name, _psk_key(prf_name, psk), octets)
+    return _psk_prf(prf_name, psk)(octets)
 
 
 def verify_psk(prf_name: str, psk: bytes, octets: bytes, received: bytes) -> None:
