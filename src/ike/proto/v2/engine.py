@@ -908,7 +908,7 @@ class Ikev2Engine(EngineOutput):
 
     def _dispatch(self, sa: IkeSa, dg: Datagram, msg: Message, now: float) -> Reply | None:
         for p in msg.payloads:
-            if isinstance(p, UnknownPayload) and p.critical:
+            if type(p) is UnknownPayload and p.critical:
                 self.drop(
                     dg,
                     f"{_name(msg.header.exchange)} request has unsupported critical payload type "
@@ -955,14 +955,17 @@ class Ikev2Engine(EngineOutput):
 
     def _open(self, sa: IkeSa, dg: Datagram, h: IkeHeader, enc: RawBody) -> list[Payload] | None:
         assert sa.inb is not None
-        what = f"{_name(h.exchange)} {'response' if h.is_response else 'request'} {h.msg_id}"
+
+        def what() -> str:  # only built for a drop report
+            return f"{_name(h.exchange)} {'response' if h.is_response else 'request'} {h.msg_id}"
+
         try:
             plain = sa.inb.open(dg.data, enc)
             first = enc.inner_next
             if enc.ptype == SKF:
                 num, total = fragment_numbers(enc)
                 if total > MAX_FRAGMENTS:
-                    self.drop(dg, f"{what}: {total} fragments is more than the {MAX_FRAGMENTS} we accept")
+                    self.drop(dg, f"{what()}: {total} fragments is more than the {MAX_FRAGMENTS} we accept")
                     return None
                 key = (h.is_response, h.msg_id)
                 frags = sa.fragments.setdefault(key, {})
@@ -985,7 +988,7 @@ class Ikev2Engine(EngineOutput):
                 self.stats["reassembled"] += 1
             return decode_chain(first, plain)
         except (CryptoError, DecodeError) as e:
-            self.drop(dg, f"{what}: {e}")
+            self.drop(dg, f"{what()}: {e}")
             return None
 
     def _update_peer_address(self, sa: IkeSa, dg: Datagram) -> None:

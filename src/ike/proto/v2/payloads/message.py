@@ -19,8 +19,18 @@ class Message:
     payloads: list[Payload] = field(default_factory=list)
     raw: bytes = b""
     _notify_map: dict[int, NotifyPayload] | None = field(default=None, repr=False, compare=False)
+    # The first payload of each exact type: a request is asked for a dozen payloads by class.
+    _first: dict[type[Payload], Payload] | None = field(default=None, repr=False, compare=False)
 
     def get(self, cls: type[P]) -> P | None:
+        if not cls.__subclasses__():  # no subclass instance can come first: the index answers
+            first = self._first
+            if first is None:
+                first = {}
+                for q in self.payloads:
+                    first.setdefault(type(q), q)
+                self._first = first
+            return first.get(cls)  # type: ignore[return-value]
         for p in self.payloads:
             if isinstance(p, cls):
                 return p
