@@ -7,6 +7,7 @@ Phase 1 attributes: RFC 2409 appendix A; phase 2 attributes: RFC 2407 §4.5, RFC
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from ike.policy import AuthMethod, EspProposal, IkeProposal
@@ -231,6 +232,8 @@ class Phase2Choice:
     number: int
 
 
+# A responder answers every quick mode of a definition with the same transform (immutable): build it once.
+@functools.lru_cache(maxsize=1024)
 def phase2_transform(
     num: int, protocol: int, p: EspProposal, encap: int, group: int, life_s: int, life_kb: int
 ) -> Transform:

@@ -101,6 +101,9 @@ class ChildResult:
     rekey_of: int | None
 
 
+_NOTHING_YET = (b"", Header(b"", b"", 0, 0, 0, 0))  # QuickMode._incoming before a message (one for all)
+
+
 def new_spi() -> bytes:
     while True:
         spi = os.urandom(4)
@@ -136,7 +139,7 @@ class QuickMode:
         self.result: ChildResult | None = None
         self.protocol = PROTO_ESP
         self.commit = False
-        self._incoming: tuple[bytes, Header] = (b"", Header(b"", b"", 0, 0, 0, 0))
+        self._incoming: tuple[bytes, Header] = _NOTHING_YET
 
     @property
     def awaiting_reply(self) -> bool:

@@ -13,6 +13,7 @@ from typing import ClassVar
 from ike.proto.v1.payloads.errors import DecodeError
 
 _AF = 0x8000
+_TL = struct.Struct("!HH")  # type and value (TV) or type and length (TLV)
 
 
 @dataclass(frozen=True)
@@ -23,10 +24,10 @@ class Attr:
     def encode(self) -> bytes:
         if isinstance(self.value, int):
             if 0 <= self.value <= 0xFFFF:
-                return struct.pack("!HH", self.type | _AF, self.value)
+                return _TL.pack(self.type | _AF, self.value)
             n = max(4, (self.value.bit_length() + 7) // 8)
-            return struct.pack("!HH", self.type, n) + self.value.to_bytes(n, "big")
-        return struct.pack("!HH", self.type, len(self.value)) + self.value
+            return _TL.pack(self.type, n) + self.value.to_bytes(n, "big")
+        return _TL.pack(self.type, len(self.value)) + self.value
 
     def as_int(self) -> int:
         """The value as an integer; variable-length integers may be up to 8 bytes (RFC 2407 §4.5)."""
@@ -38,21 +39,23 @@ class Attr:
 
 
 def encode_attrs(attrs: list[Attr] | tuple[Attr, ...]) -> bytes:
-    return b"".join(a.encode() for a in attrs)
+    return b"".join([a.encode() for a in attrs])
 
 
 def decode_attrs(data: bytes) -> tuple[Attr, ...]:
     out: list[Attr] = []
     pos = 0
-    while pos < len(data):
-        if pos + 4 > len(data):
+    end = len(data)
+    unpack = _TL.unpack_from
+    while pos < end:
+        if pos + 4 > end:
             raise DecodeError("data attribute header is truncated")
-        t, v = struct.unpack_from("!HH", data, pos)
+        t, v = unpack(data, pos)
         pos += 4
         if t & _AF:
             out.append(Attr(t & ~_AF, v))
         else:
-            if pos + v > len(data):
+            if pos + v > end:
                 raise DecodeError(f"data attribute {t} length {v} runs past its payload")
             out.append(Attr(t, data[pos : pos + v]))
             pos += v

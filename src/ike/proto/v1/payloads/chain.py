@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-from typing import ClassVar, Protocol, runtime_checkable
+from typing import ClassVar, NamedTuple, Protocol, runtime_checkable
 
 from ike.proto.v1.payloads.errors import DecodeError
 from ike.proto.v1.payloads.types import PayloadType
@@ -29,8 +29,7 @@ class RawPayload:
         return self.data
 
 
-@dataclass(frozen=True)
-class Decoded:
+class Decoded(NamedTuple):  # a tuple: one is built for every payload received (a frozen dataclass costs twice that)
     payload: object  # one of the payload classes, or RawPayload
     type: int
     raw: bytes  # the whole payload, generic header included (for HASH computations)
@@ -114,7 +113,7 @@ def decode_chain(first: int, data: bytes, trailing_ok: int = 0) -> list[Decoded]
 
 def encode_chain(payloads: list[object]) -> tuple[int, bytes, list[bytes]]:
     """(first payload type, the chain, each payload's bytes with its generic header)."""
-    types = [_ptype(p) for p in payloads]
+    types: list[int] = [p.ptype if isinstance(p, RawPayload) else p.TYPE for p in payloads]  # type: ignore[attr-defined]
     bodies: list[bytes] = [p.body() for p in payloads]  # type: ignore[attr-defined]
     types.append(0)  # what follows the last payload
     pack = _GENERIC.pack
@@ -124,10 +123,3 @@ def encode_chain(payloads: list[object]) -> tuple[int, bytes, list[bytes]]:
             raise ValueError("payload too large")
         raws.append(pack(types[i + 1], 0, len(body) + 4) + body)
     return types[0], b"".join(raws), raws
-
-
-def _ptype(p: object) -> int:
-    if isinstance(p, RawPayload):
-        return p.ptype
-    t: int = p.TYPE  # type: ignore[attr-defined]
-    return t

@@ -18,6 +18,11 @@ PROTO_AH = 2
 PROTO_ESP = 3
 KEY_IKE = 1  # the one phase 1 transform ID
 
+_BBH = struct.Struct("!BBH")  # a generic payload header; a transform's number, ID and reserved field
+_PROPOSAL = struct.Struct("!BBHBBBB")  # generic header, number, protocol, SPI size, transform count
+_TRANSFORM = struct.Struct("!BBHBBH")  # generic header, number, transform ID, reserved
+_DOI_SIT = struct.Struct("!II")
+
 
 @dataclass(frozen=True)
 class Transform:
@@ -32,8 +37,8 @@ class Transform:
         return None
 
     def encode(self, last: bool) -> bytes:
-        body = struct.pack("!BBH", self.number, self.transform_id, 0) + encode_attrs(self.attrs)
-        return struct.pack("!BBH", 0 if last else 3, 0, len(body) + 4) + body
+        body = _BBH.pack(self.number, self.transform_id, 0) + encode_attrs(self.attrs)
+        return _BBH.pack(0 if last else 3, 0, len(body) + 4) + body
 
 
 @dataclass(frozen=True)
@@ -44,9 +49,10 @@ class Proposal:
     transforms: tuple[Transform, ...]
 
     def encode(self, last: bool) -> bytes:
-        ts = b"".join(t.encode(i == len(self.transforms) - 1) for i, t in enumerate(self.transforms))
+        last_t = len(self.transforms) - 1
+        ts = b"".join([t.encode(i == last_t) for i, t in enumerate(self.transforms)])
         body = struct.pack("!BBBB", self.number, self.protocol, len(self.spi), len(self.transforms)) + self.spi + ts
-        return struct.pack("!BBH", 0 if last else 2, 0, len(body) + 4) + body
+        return _BBH.pack(0 if last else 2, 0, len(body) + 4) + body
 
 
 @dataclass(frozen=True)
@@ -58,14 +64,15 @@ class SaPayload:
     extra: bytes = field(default=b"", compare=False)  # labelled-domain situation data, not used
 
     def body(self) -> bytes:
-        ps = b"".join(p.encode(i == len(self.proposals) - 1) for i, p in enumerate(self.proposals))
-        return struct.pack("!II", self.doi, self.situation) + ps
+        last_p = len(self.proposals) - 1
+        ps = b"".join([p.encode(i == last_p) for i, p in enumerate(self.proposals)])
+        return _DOI_SIT.pack(self.doi, self.situation) + ps
 
     @classmethod
     def parse(cls, body: bytes) -> SaPayload:
         if len(body) < 8:
             raise DecodeError("SA payload shorter than DOI and situation")
-        doi, sit = struct.unpack_from("!II", body)
+        doi, sit = _DOI_SIT.unpack_from(body)
         if doi != DOI_IPSEC:
             raise DecodeError(f"SA payload DOI {doi} is not the IPsec DOI (1)")
         if sit != SIT_IDENTITY_ONLY:
@@ -79,7 +86,7 @@ class SaPayload:
                 raise DecodeError(f"payload {np} inside an SA payload where a proposal was expected")
             if pos + 8 > len(body):
                 raise DecodeError("proposal header is truncated")
-            nxt, _, plen, pnum, proto, spi_size, nt = struct.unpack_from("!BBHBBBB", body, pos)
+            nxt, _, plen, pnum, proto, spi_size, nt = _PROPOSAL.unpack_from(body, pos)
             if plen < 8 + spi_size or pos + plen > len(body):
                 raise DecodeError(f"proposal {pnum} length {plen} is invalid")
             spi = body[pos + 8 : pos + 8 + spi_size]
@@ -104,7 +111,7 @@ def _parse_transforms(data: bytes, count: int, pnum: int) -> tuple[Transform, ..
     while pos < len(data):
         if pos + 8 > len(data):
             raise DecodeError(f"proposal {pnum}: transform header is truncated")
-        nxt, _, tlen, tnum, tid, _ = struct.unpack_from("!BBHBBH", data, pos)
+        nxt, _, tlen, tnum, tid, _ = _TRANSFORM.unpack_from(data, pos)
         if tlen < 8 or pos + tlen > len(data):
             raise DecodeError(f"proposal {pnum}: transform length {tlen} is invalid")
         out.append(Transform(tnum, tid, decode_attrs(data[pos + 8 : pos + tlen])))
