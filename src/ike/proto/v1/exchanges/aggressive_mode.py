@@ -25,6 +25,10 @@ from ike.proto.v1.payloads.header import Header
 
 
 class AmState(enum.Enum):
+    # Looked up in the state tables for every message: members are singletons compared by identity,
+    # so the identity hash (C) does what Enum's hash of the name (Python code) does.
+    __hash__ = object.__hash__
+
     INIT = "init"
     I_SENT_1 = "sent AM1"
     R_SENT_2 = "sent AM2"

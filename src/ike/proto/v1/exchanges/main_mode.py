@@ -25,6 +25,10 @@ from ike.proto.v1.proposals import auth_from_value
 
 
 class MmState(enum.Enum):
+    # Looked up in the state tables for every message: members are singletons compared by identity,
+    # so the identity hash (C) does what Enum's hash of the name (Python code) does.
+    __hash__ = object.__hash__
+
     INIT = "init"
     I_SENT_SA = "sent MM1"
     I_SENT_KE = "sent MM3"

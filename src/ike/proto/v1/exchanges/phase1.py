@@ -6,6 +6,7 @@ authentication payloads (HASH for pre-shared keys, CERT + SIG for signatures).
 from __future__ import annotations
 
 import enum
+import functools
 import ipaddress
 import os
 import time
@@ -74,6 +75,8 @@ from ike.proto.v1.proposals import (
 
 NONCE_LEN = 32
 DEFAULT_P1_LIFETIME = 28800  # RFC 2407 §4.5: what a proposal without a lifetime means
+# A peer sends the same identity in every phase 1 (Identity is immutable; errors are not kept).
+_identity_from_wire = functools.lru_cache(maxsize=1024)(identity_from_wire)
 
 
 @dataclass
@@ -426,7 +429,7 @@ class Phase1Exchange:
         p = d.payload
         assert isinstance(p, IdPayload)
         try:
-            ident = identity_from_wire(p.id_type, p.data)
+            ident = _identity_from_wire(p.id_type, p.data)
         except IdentityError as e:
             raise ExchangeFailed(f"the peer's identity: {e}", NotifyType.INVALID_ID_INFORMATION) from None
         return ident, d.body

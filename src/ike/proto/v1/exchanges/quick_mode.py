@@ -69,6 +69,10 @@ DEFAULT_P2_LIFETIME = 28800  # RFC 2407 §4.5
 
 
 class QmState(enum.Enum):
+    # Looked up in the state tables for every message: members are singletons compared by identity,
+    # so the identity hash (C) does what Enum's hash of the name (Python code) does.
+    __hash__ = object.__hash__
+
     INIT = "init"
     I_SENT_1 = "sent QM1"
     R_SENT_2 = "sent QM2"
