@@ -13,7 +13,7 @@ from ike.proto.api import Address, Role
 from ike.proto.crypto import IkeCipher, prf
 from ike.proto.transforms import ENCR
 from ike.proto.v1.encryption import decrypt_message, encrypt_payloads
-from ike.proto.v1.keys import IvChain, SkeyIds
+from ike.proto.v1.keys import IvChain, SkeyIds, encryption_key
 from ike.proto.v1.payloads.chain import Decoded, decode_chain, encode_chain
 from ike.proto.v1.payloads.hash import HashPayload
 from ike.proto.v1.payloads.header import FLAG_ENCRYPTION, HEADER_LEN, Header, encode_header
@@ -66,8 +66,6 @@ class IsakmpSa:
     def install_keys(self, keys: SkeyIds, iv0: bytes) -> None:
         assert self.proposal is not None
         e = ENCR[self.proposal.encr]
-        from ike.proto.v1.keys import encryption_key
-
         self.keys = keys
         self.cipher = IkeCipher(
             self.proposal.encr, encryption_key(self.prf_name, keys.e, e.key_material_len(self.proposal.encr_keylen))

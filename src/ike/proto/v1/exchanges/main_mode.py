@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import enum
 
-from ike.policy import AuthMethod
+from ike.policy import AuthMethod, Identity
 from ike.proto.api import Datagram, Role
 from ike.proto.v1.exchanges.phase1 import Phase1Exchange, find, new_nonce, one
 from ike.proto.v1.payloads import Exchange, SaPayload
@@ -111,8 +111,6 @@ class MainMode(Phase1Exchange):
 
     def _reselect_by_identity(self, dg: Datagram, ident: object) -> None:
         """With signatures the identity, not the address, names the definition (same proposal)."""
-        from ike.policy import Identity
-
         assert isinstance(ident, Identity) and self.tunnel is not None
         if auth_from_value(self.sa.auth_method) is AuthMethod.PSK:
             return

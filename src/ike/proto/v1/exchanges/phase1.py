@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import enum
 import functools
+import hmac
 import ipaddress
 import os
 import time
@@ -25,7 +26,7 @@ from ike.proto.identity import (
     identity_to_wire,
     parse_dn,
 )
-from ike.proto.transforms import DH
+from ike.proto.transforms import DH, ENCR
 from ike.proto.v1 import natt
 from ike.proto.v1.auth import (
     AuthFailure,
@@ -54,6 +55,7 @@ from ike.proto.v1.payloads import (
     SigPayload,
     VendorIdPayload,
 )
+from ike.proto.v1.payloads.attributes import decode_attrs
 from ike.proto.v1.payloads.cert import CERT_X509_SIGNATURE
 from ike.proto.v1.payloads.chain import Decoded
 from ike.proto.v1.payloads.header import Header
@@ -277,8 +279,6 @@ class Phase1Exchange:
         )
 
     def process_status_notifies(self, payloads: Sequence[Decoded]) -> None:
-        from ike.proto.v1.payloads.attributes import decode_attrs
-
         for d in find(payloads, NotifyPayload):
             n = d.payload
             assert isinstance(n, NotifyPayload)
@@ -343,8 +343,6 @@ class Phase1Exchange:
         else:
             skeyid = skeyid_sig(prf_name, self.ni, self.nr, gxy)
         keys = derive_skeyids(prf_name, skeyid, gxy, self.sa.cky_i, self.sa.cky_r)
-        from ike.proto.transforms import ENCR
-
         bs = 16 if self.sa.proposal.encr == "aes-cbc" else 8
         assert ENCR[self.sa.proposal.encr].aead is False
         self.sa.install_keys(keys, phase1_iv(prf_name, self.gxi, self.gxr, bs))
@@ -494,8 +492,6 @@ class Phase1Exchange:
         return [CertPayload(CERT_X509_SIGNATURE, self.creds.cert_der()), SigPayload(sig)]
 
     def verify_auth(self, payloads: Sequence[Decoded], ident: Identity, id_b: bytes, now: float) -> None:
-        import hmac
-
         expected = self.peer_hash(id_b)
         if auth_from_value(self.sa.auth_method) is AuthMethod.PSK:
             h = find(payloads, HashPayload)
