@@ -357,10 +357,12 @@ class Daemon:
 
 
 def _file_signature(db: Path) -> tuple[object, ...]:
+    # Runs for every new negotiation: os.stat on plain strings, no Path objects built per call.
     sig: list[object] = []
-    for p in (db, db.with_name(db.name + "-wal")):
+    name = os.fspath(db)
+    for p in (name, name + "-wal"):
         try:
-            st = p.stat()
+            st = os.stat(p)
         except OSError:
             sig.append(None)
         else:

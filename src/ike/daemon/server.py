@@ -25,6 +25,7 @@ IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)  # Linux value; Python does not al
 NON_ESP_MARKER = b"\x00\x00\x00\x00"
 NATT_KEEPALIVE = b"\xff"
 MAX_DATAGRAM = 65535
+_NO_ANC: list[tuple[int, int, bytes]] = []
 
 IkeReceiver = Callable[[bytes, Address, Address], None]  # (IKE message, local, remote)
 EspReceiver = Callable[[bytes, Address, Address], None]  # (ESP packet, local, remote)
@@ -81,6 +82,7 @@ class UdpEndpoint:
             raise
         self.sock = s
         self.port = s.getsockname()[1]
+        self._pktinfo: dict[str, list[tuple[int, int, bytes]]] = {}
         loop.add_reader(s.fileno(), self._readable)
 
     def close(self) -> None:
@@ -112,14 +114,25 @@ class UdpEndpoint:
     def send(self, data: bytes, local_ip: str, remote: Address) -> None:
         dest: tuple[str, int] | tuple[str, int, int, int]
         dest = (remote[0], remote[1]) if self.family == socket.AF_INET else (remote[0], remote[1], 0, 0)
+        anc = self._pktinfo.get(local_ip) if self.wildcard else _NO_ANC
+        if anc is None:
+            anc = self._pktinfo_for(local_ip)
+        self.sock.sendmsg([data], anc, 0, dest)
+
+    def _pktinfo_for(self, local_ip: str) -> list[tuple[int, int, bytes]]:
+        """The source-address ancillary data for sends from `local_ip`, built once per address
+        (every IKE datagram a wildcard socket sends needs it)."""
         anc: list[tuple[int, int, bytes]] = []
-        if self.wildcard and local_ip and not ipaddress.ip_address(local_ip).is_unspecified:
+        if local_ip and not ipaddress.ip_address(local_ip).is_unspecified:
             packed = socket.inet_pton(self.family, local_ip)
             if self.family == socket.AF_INET:
                 anc = [(socket.IPPROTO_IP, IP_PKTINFO, struct.pack("=i4s4s", 0, packed, b"\0" * 4))]
             else:
                 anc = [(socket.IPPROTO_IPV6, socket.IPV6_PKTINFO, packed + struct.pack("=i", 0))]
-        self.sock.sendmsg([data], anc, 0, dest)
+        if len(self._pktinfo) >= 256:  # our own addresses: few, but do not grow without bound
+            self._pktinfo.clear()
+        self._pktinfo[local_ip] = anc
+        return anc
 
 
 class UdpServer:
@@ -143,8 +156,11 @@ class UdpServer:
         self.stats = Stats()
         self._specific: dict[tuple[str, int], UdpEndpoint] = {}
         self._wildcard: dict[tuple[int, int], UdpEndpoint] = {}
+        # local address -> socket, resolved once per address: every IKE datagram sent asks.
+        self._by_local: dict[Address, UdpEndpoint] = {}
 
     def start(self) -> None:
+        self._by_local.clear()
         try:
             for addr in self.listen:
                 for port, cb in ((self.ike_port, self._from_ike_port), (self.natt_port, self._from_natt_port)):
@@ -162,6 +178,7 @@ class UdpServer:
             ep.close()
         self._specific.clear()
         self._wildcard.clear()
+        self._by_local.clear()
 
     def _from_ike_port(self, data: bytes, local: Address, remote: Address) -> None:
         self.stats.ike_in += 1
@@ -190,6 +207,16 @@ class UdpServer:
         return port in (self.natt_port, 4500)
 
     def _endpoint(self, local: Address) -> UdpEndpoint | None:
+        ep = self._by_local.get(local)
+        if ep is None:
+            ep = self._find_endpoint(local)
+            if ep is not None:
+                if len(self._by_local) >= 256:  # local addresses are ours: few
+                    self._by_local.clear()
+                self._by_local[local] = ep
+        return ep
+
+    def _find_endpoint(self, local: Address) -> UdpEndpoint | None:
         port = self.natt_port if self.is_natt_port(local[1]) else self.ike_port
         ep = self._specific.get((_canon(local[0]), port))
         if ep is not None:

@@ -226,3 +226,18 @@ def test_ipaddr_phase2_prefers_the_host_to_host_definition() -> None:
     assert [c.number for c in t.phase2] == [11, 12]
     (t,) = pol.by_addresses("198.18.0.1", "198.18.0.7", 2)
     assert [c.number for c in t.phase2] == [21]
+
+
+def test_address_normalisation_is_memoised_but_bounded(pol: IndexedPolicies) -> None:
+    """Every new negotiation normalises its addresses; the memo must keep answers exact (the
+    uncompressed IPv6 form of a definition's address still finds it) and must not grow with the
+    source addresses peers choose."""
+    from ike.daemon import policies
+
+    assert [p.number for p in pol.phase1_by_address("198.18.0.1", "198.18.0.2")][:1] == [1]
+    for i in range(policies._NORM_CACHE_MAX + 100):
+        policies._norm(f"2001:db8::{i:x}")
+    assert len(policies._NORM_CACHE) <= policies._NORM_CACHE_MAX
+    assert policies._norm("2001:0db8:0000::0001") == "2001:db8::1"
+    assert policies._norm(" any ") == "" and policies._norm("0.0.0.0") == ""
+    assert [p.number for p in pol.phase1_by_address("198.18.0.1", "198.18.0.2")][:1] == [1]

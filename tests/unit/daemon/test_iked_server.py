@@ -125,15 +125,22 @@ def _wildcard() -> Any:
         ((_, local, remote),) = rig.ike
         rig.srv.send_ike(Datagram(b"reply", local, remote))
         data, src = rig.peer.recvfrom(2048)
-        return local, data, src
+        # The socket and source-address data are kept per local address: alternating the two
+        # addresses must still send from each in turn.
+        sources = []
+        for addr in (ME, OTHER, ME):
+            rig.srv.send_ike(Datagram(b"again", (addr, IKE_PORT), remote))
+            sources.append(rig.peer.recvfrom(2048)[1])
+        return local, data, src, sources
     finally:
         rig.close()
 
 
 def test_wildcard_bind_learns_and_uses_local_address() -> None:
-    local, data, src = run_in_private_netns(_wildcard)
+    local, data, src, sources = run_in_private_netns(_wildcard)
     assert local == (OTHER, IKE_PORT)
     assert data == b"reply" and src == (OTHER, IKE_PORT)
+    assert sources == [(ME, IKE_PORT), (OTHER, IKE_PORT), (ME, IKE_PORT)]
 
 
 def _unreachable() -> Any:
