@@ -143,7 +143,8 @@ class Outstanding:
     tries: int = 0
 
 
-@dataclass
+# Slots: an IKE SA has some fifty fields, and one is built per negotiation.
+@dataclass(slots=True)
 class IkeSa:
     sa_id: int
     initiator: bool  # we are the original initiator of this IKE SA (the header's I flag)
