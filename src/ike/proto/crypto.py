@@ -105,20 +105,20 @@ class KeyedPrf:
 
 def prf_plus(name: str, key: bytes, seed: bytes, length: int) -> bytes:
     """RFC 7296 §2.13: T1 = prf(K, S | 0x01), Tn = prf(K, Tn-1 | S | n)."""
+    p = PRF[name]
+    blocks = -(-length // p.out_len)
+    if blocks > 255:
+        raise ValueError("prf+ cannot produce that much keying material")
     # Keyed once: every block is a copy of the keyed HMAC instead of a new key schedule.
-    keyed = c_hmac.HMAC(key, _HASH_OBJECTS[PRF[name].hash])
-    out = bytearray()
+    keyed = c_hmac.HMAC(key, _HASH_OBJECTS[p.hash])
+    out: list[bytes] = []
     t = b""
-    i = 1
-    while len(out) < length:
-        if i > 255:
-            raise ValueError("prf+ cannot produce that much keying material")
+    for i in range(1, blocks + 1):
         h = keyed.copy()
         h.update(t + seed + bytes((i,)))
         t = h.finalize()
-        out += t
-        i += 1
-    return bytes(out[:length])
+        out.append(t)
+    return b"".join(out)[:length]
 
 
 def integ_icv(name: str, key: bytes, data: bytes) -> bytes:

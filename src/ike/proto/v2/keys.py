@@ -52,12 +52,14 @@ def ike_key_lengths(p: IkeProposal) -> tuple[int, int, int]:
 def derive_ike_keys(p: IkeProposal, seed: bytes, ni: bytes, nr: bytes, spi_i: bytes, spi_r: bytes) -> IkeKeys:
     a, e, pk = ike_key_lengths(p)
     km = prf_plus(p.prf, seed, ni + nr + spi_i + spi_r, pk + 2 * a + 2 * e + 2 * pk)
-    parts = []
-    pos = 0
-    for n in (pk, a, a, e, e, pk, pk):
-        parts.append(km[pos : pos + n])
-        pos += n
-    return IkeKeys._make(parts)
+    # {SK_d | SK_ai | SK_ar | SK_ei | SK_er | SK_pi | SK_pr}, split at the running offsets
+    o1 = pk
+    o2 = o1 + a
+    o3 = o2 + a
+    o4 = o3 + e
+    o5 = o4 + e
+    o6 = o5 + pk
+    return IkeKeys(km[:o1], km[o1:o2], km[o2:o3], km[o3:o4], km[o4:o5], km[o5:o6], km[o6 : o6 + pk])
 
 
 class ChildKeys(NamedTuple):

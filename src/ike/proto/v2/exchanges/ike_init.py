@@ -92,12 +92,20 @@ def capability_payloads(eng: Ikev2Engine, fragmentation: bool = True) -> list[Pa
     return out
 
 
+def _hash_ids(data: bytes) -> frozenset[int]:
+    return frozenset(struct.unpack(f"!{len(data) // 2}H", data[: len(data) // 2 * 2]))
+
+
+# Peers send the same SIGNATURE_HASH_ALGORITHMS list every time: parsed once per list of an ordinary size.
+_cached_hash_ids = functools.lru_cache(maxsize=64)(_hash_ids)
+
+
 def read_capabilities(sa: IkeSa, msg: Message) -> None:
     sa.peer_fragmentation = msg.notify(n.IKEV2_FRAGMENTATION_SUPPORTED) is not None
     sh = msg.notify(n.SIGNATURE_HASH_ALGORITHMS)
     if sh is not None:
         d = sh.data
-        sa.peer_hashes = frozenset(struct.unpack(f"!{len(d) // 2}H", d[: len(d) // 2 * 2]))
+        sa.peer_hashes = _cached_hash_ids(d) if len(d) <= 64 else _hash_ids(d)
     sa.peer_wants_cert = msg.get(CertReqPayload) is not None
 
 

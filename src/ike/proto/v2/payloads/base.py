@@ -77,6 +77,8 @@ _REGISTRY: dict[int, type[Payload]] = {}
 
 
 def register(cls: type[P]) -> type[P]:
+    if cls.TYPE in (SK, SKF):
+        raise ValueError("SK and SKF payloads are decoded by sk.py, not registered")
     _REGISTRY[cls.TYPE] = cls
     return cls
 
@@ -136,33 +138,32 @@ def decode_chain(first: int, data: bytes, base_offset: int = 0) -> list[Payload]
         if pos + 4 > end:
             raise DecodeError(f"payload {PAYLOAD_NAMES.get(nxt, nxt)} header truncated at offset {pos}")
         following, flags, length = unpack(data, pos)
-        if length < 4 or pos + length > end:
+        stop = pos + length
+        if length < 4 or stop > end:
             raise DecodeError(
                 f"payload {PAYLOAD_NAMES.get(nxt, nxt)} length {length} does not fit "
                 f"({end - pos} bytes left at offset {pos})"
             )
-        body = data[pos + 4 : pos + length]
-        critical = flags & 0x80 != 0
-        if nxt in (SK, SKF):
-            if pos + length != end:
-                raise DecodeError(f"{PAYLOAD_NAMES[nxt]} payload is not the last payload")
-            out.append(RawBody(critical, nxt, following, base_offset + pos + 4, body))
-            return out
-        cls = registry.get(nxt)
-        if cls is None:
-            out.append(UnknownPayload(critical, nxt, body))
-        else:
+        cls = registry.get(nxt)  # SK and SKF are never registered: they are the RawBody case below
+        if cls is not None:
             try:
-                p: Payload = cls.decode_body(body, nxt)
+                p: Payload = cls.decode_body(data[pos + 4 : stop], nxt)
             except DecodeError:
                 raise
             except (ValueError, IndexError, struct.error) as e:
                 raise DecodeError(f"payload {PAYLOAD_NAMES.get(nxt, nxt)} is malformed: {e}") from None
-            if critical:
+            if flags & 0x80:
                 p.critical = True
             out.append(p)
+        elif nxt in (SK, SKF):
+            if stop != end:
+                raise DecodeError(f"{PAYLOAD_NAMES[nxt]} payload is not the last payload")
+            out.append(RawBody(flags & 0x80 != 0, nxt, following, base_offset + pos + 4, data[pos + 4 : stop]))
+            return out
+        else:
+            out.append(UnknownPayload(flags & 0x80 != 0, nxt, data[pos + 4 : stop]))
         nxt = following
-        pos += length
+        pos = stop
     if pos != end:
         raise DecodeError(f"{end - pos} bytes of trailing data after the last payload")
     return out

@@ -18,18 +18,24 @@ class Message:
     header: IkeHeader
     payloads: list[Payload] = field(default_factory=list)
     raw: bytes = b""
+    # Built on first use, the payloads being fixed by then: the first notify of each type, and the
+    # first payload of each exact class (a request is asked for a dozen payloads by class).
     _notify_map: dict[int, NotifyPayload] | None = field(default=None, repr=False, compare=False)
-    # The first payload of each exact type: a request is asked for a dozen payloads by class.
     _first: dict[type[Payload], Payload] | None = field(default=None, repr=False, compare=False)
+
+    def _index(self) -> dict[type[Payload], Payload]:
+        # Built back to front, so that the first payload of a type (or notify type) is the one kept.
+        rev = self.payloads[::-1]
+        first = {type(p): p for p in rev}
+        self._notify_map = {p.notify_type: p for p in rev if type(p) is NotifyPayload}
+        self._first = first
+        return first
 
     def get(self, cls: type[P]) -> P | None:
         if not cls.__subclasses__():  # no subclass instance can come first: the index answers
             first = self._first
             if first is None:
-                first = {}
-                for q in self.payloads:
-                    first.setdefault(type(q), q)
-                self._first = first
+                first = self._index()
             return first.get(cls)  # type: ignore[return-value]
         for p in self.payloads:
             if isinstance(p, cls):
@@ -41,12 +47,8 @@ class Message:
 
     def notify(self, ntype: int) -> NotifyPayload | None:
         if self._notify_map is None:
-            m: dict[int, NotifyPayload] = {}
-            for p in self.payloads:
-                if type(p) is NotifyPayload:
-                    m.setdefault(p.notify_type, p)
-            self._notify_map = m
-        return self._notify_map.get(ntype)
+            self._index()
+        return self._notify_map.get(ntype) if self._notify_map is not None else None
 
     def notifies(self) -> list[NotifyPayload]:
         return [p for p in self.payloads if isinstance(p, NotifyPayload)]
