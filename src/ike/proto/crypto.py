@@ -180,25 +180,25 @@ class DhPrivate:
         if group not in DH:
             raise ValueError(f"unsupported DH group {group}")
         self.group = group
-        kind = DH[group].kind
-        self._key: object
-        if kind == "modp":
-            k = _modp_parameters(group).generate_private_key()
-            self._key = k
-            self.public = k.public_key().public_numbers().y.to_bytes(DH[group].public_len, "big")
-        elif kind == "ecp":
-            ek = ec.generate_private_key(_CURVES[group]())
-            self._key = ek
-            nums = ek.public_key().public_numbers()
-            half = DH[group].public_len // 2
-            self.public = nums.x.to_bytes(half, "big") + nums.y.to_bytes(half, "big")
-        elif kind == "x25519":
-            xk = x25519.X25519PrivateKey.generate()
-            self._key = xk
+        g = DH[group]
+        # One typed slot per kind (the others None): shared() needs no isinstance check of an ABC.
+        self._modp: dh.DHPrivateKey | None = None
+        self._ecp: ec.EllipticCurvePrivateKey | None = None
+        self._x25519: x25519.X25519PrivateKey | None = None
+        self._x448: x448.X448PrivateKey | None = None
+        if g.kind == "x25519":
+            xk = self._x25519 = x25519.X25519PrivateKey.generate()
             self.public = xk.public_key().public_bytes_raw()
+        elif g.kind == "modp":
+            k = self._modp = _modp_parameters(group).generate_private_key()
+            self.public = k.public_key().public_numbers().y.to_bytes(g.public_len, "big")
+        elif g.kind == "ecp":
+            ek = self._ecp = ec.generate_private_key(_CURVES[group]())
+            nums = ek.public_key().public_numbers()
+            half = g.public_len // 2
+            self.public = nums.x.to_bytes(half, "big") + nums.y.to_bytes(half, "big")
         else:
-            xk4 = x448.X448PrivateKey.generate()
-            self._key = xk4
+            xk4 = self._x448 = x448.X448PrivateKey.generate()
             self.public = xk4.public_key().public_bytes_raw()
 
     def shared(self, peer: bytes) -> bytes:
@@ -206,24 +206,22 @@ class DhPrivate:
         if len(peer) != g.public_len:
             raise CryptoError(f"DH group {g.number} public value is {len(peer)} bytes, expected {g.public_len}")
         try:
-            if g.kind == "modp":
-                assert isinstance(self._key, dh.DHPrivateKey)
+            if self._x25519 is not None:
+                return self._x25519.exchange(x25519.X25519PublicKey.from_public_bytes(peer))
+            if self._modp is not None:
                 p = modp_prime(self.group)
                 y = int.from_bytes(peer, "big")
                 if not 1 < y < p - 1:
                     raise CryptoError(f"DH group {g.number} public value is out of range (RFC 6989 check)")
                 pub = dh.DHPublicNumbers(y, _modp_parameters(self.group).parameter_numbers()).public_key()
-                return self._key.exchange(pub).rjust(g.public_len, b"\0")
-            if g.kind == "ecp":
-                assert isinstance(self._key, ec.EllipticCurvePrivateKey)
+                return self._modp.exchange(pub).rjust(g.public_len, b"\0")
+            if self._ecp is not None:
                 # from_encoded_point checks that the point is on the curve.
                 point = ec.EllipticCurvePublicKey.from_encoded_point(_CURVES[self.group](), b"\x04" + peer)
-                return self._key.exchange(ec.ECDH(), point)
-            if g.kind == "x25519":
-                assert isinstance(self._key, x25519.X25519PrivateKey)
-                return self._key.exchange(x25519.X25519PublicKey.from_public_bytes(peer))
-            assert isinstance(self._key, x448.X448PrivateKey)
-            return self._key.exchange(x448.X448PublicKey.from_public_bytes(peer))
+                return self._ecp.exchange(ec.ECDH(), point)
+            if self._x448 is None:  # never: __init__ fills the slot of its group's kind
+                raise RuntimeError(f"DH group {g.number} has no private key")
+            return self._x448.exchange(x448.X448PublicKey.from_public_bytes(peer))
         except CryptoError:
             raise
         except ValueError as e:  # invalid point, all-zero X25519 result, ...

@@ -755,10 +755,11 @@ class Ikev2Engine(EngineOutput):
         assert sa.out is not None
         first, inner = encode_chain(payloads)
         data = sa.out.seal(h, first, inner)
-        limit = self._frag_limit(sa)
-        if sa.peer_fragmentation and self.settings.fragment_size > 0 and len(data) > limit:
-            self.stats["fragmented"] += 1
-            return sa.out.seal_fragments(h, first, inner, limit)
+        if sa.peer_fragmentation and self.settings.fragment_size > 0:
+            limit = self._frag_limit(sa)
+            if len(data) > limit:
+                self.stats["fragmented"] += 1
+                return sa.out.seal_fragments(h, first, inner, limit)
         return [data]
 
     # --- receiving --------------------------------------------------------------------------------

@@ -124,7 +124,7 @@ def encode_chain(payloads: Sequence[Payload], last_next: int = NONE) -> tuple[in
         body = p.encode_body()
         parts.append(body)
         parts.append(pack(following, 0x80 if p.critical else 0, 4 + len(body)))
-        following = p.ptype if type(p) in _RAW_TYPES else p.TYPE  # type: ignore[attr-defined]
+        following = p.TYPE or payload_type(p)  # the call only for a class without its own TYPE
     parts.reverse()
     return following, b"".join(parts)
 

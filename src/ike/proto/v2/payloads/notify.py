@@ -53,6 +53,9 @@ def notify_name(t: int) -> str:
     return NOTIFY_NAMES.get(t, f"notify type {t}")
 
 
+_HEAD = struct.Struct("!BBH")  # Protocol ID, SPI Size, Notify Message Type
+
+
 @register
 @dataclass
 class NotifyPayload(Payload):
@@ -67,13 +70,13 @@ class NotifyPayload(Payload):
         return self.notify_type < 16384
 
     def encode_body(self) -> bytes:
-        return struct.pack("!BBH", self.protocol, len(self.spi), self.notify_type) + self.spi + self.data
+        return _HEAD.pack(self.protocol, len(self.spi), self.notify_type) + self.spi + self.data
 
     @classmethod
     def decode_body(cls, data: bytes, ptype: int) -> NotifyPayload:
         if len(data) < 4:
             raise DecodeError(f"Notify payload is {len(data)} bytes, needs at least 4")
-        proto, spi_size, ntype = struct.unpack_from("!BBH", data)
+        proto, spi_size, ntype = _HEAD.unpack_from(data)
         if spi_size not in (0, 4, 8) or 4 + spi_size > len(data):
             raise DecodeError(f"{notify_name(ntype)}: SPI size {spi_size} is invalid")
         return cls(protocol=proto, spi=data[4 : 4 + spi_size], notify_type=ntype, data=data[4 + spi_size :])

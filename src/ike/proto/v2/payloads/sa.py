@@ -126,7 +126,10 @@ class SaPayload(Payload):
     proposals: list[Proposal] = field(default_factory=list)
 
     def encode_body(self) -> bytes:
-        return b"".join(p.encode(i == len(self.proposals) - 1) for i, p in enumerate(self.proposals))
+        props = self.proposals
+        if len(props) == 1:  # a responder's choice, the usual case
+            return props[0].encode(True)
+        return b"".join(p.encode(i == len(props) - 1) for i, p in enumerate(props))
 
     @classmethod
     def decode_body(cls, data: bytes, ptype: int) -> SaPayload:
