@@ -27,7 +27,7 @@ METHOD_NAMES = {
 
 
 @register
-@dataclass
+@dataclass(slots=True)
 class AuthPayload(Payload):
     TYPE = AUTH
     method: int = 0

@@ -57,7 +57,7 @@ class DecodeError(ValueError):
     """A message or payload that does not parse; the text says which field and why."""
 
 
-@dataclass
+@dataclass(slots=True)
 class Payload:
     TYPE: ClassVar[int] = 0
     # Bytes of this payload as received (generic header included): AUTH needs the ID payload body.
@@ -83,7 +83,7 @@ def register(cls: type[P]) -> type[P]:
     return cls
 
 
-@dataclass
+@dataclass(slots=True)
 class UnknownPayload(Payload):
     """A payload type we do not implement; kept so the caller can apply the critical bit rule."""
 
@@ -94,7 +94,7 @@ class UnknownPayload(Payload):
         return self.data
 
 
-@dataclass
+@dataclass(slots=True)
 class RawBody(Payload):
     """An SK or SKF payload undecoded: decryption needs the enclosing message (sk.py)."""
 

@@ -10,7 +10,7 @@ X509_SIGNATURE = 4
 
 
 @register
-@dataclass
+@dataclass(slots=True)
 class CertPayload(Payload):
     TYPE = CERT
     encoding: int = X509_SIGNATURE
@@ -26,7 +26,7 @@ class CertPayload(Payload):
 
 
 @register
-@dataclass
+@dataclass(slots=True)
 class CertReqPayload(Payload):
     """`data` for X.509 is a concatenation of SHA-1 hashes of CA public keys (SubjectPublicKeyInfo)."""
 

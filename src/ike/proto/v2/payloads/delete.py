@@ -10,7 +10,7 @@ from ike.proto.v2.payloads.sa import PROTO_IKE
 
 
 @register
-@dataclass
+@dataclass(slots=True)
 class DeletePayload(Payload):
     TYPE = DELETE
     protocol: int = PROTO_IKE

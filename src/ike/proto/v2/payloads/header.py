@@ -27,7 +27,7 @@ HEADER_LEN = 28
 _FMT = "!8s8sBBBBII"
 
 
-@dataclass
+@dataclass(slots=True)
 class IkeHeader:
     spi_i: bytes
     spi_r: bytes

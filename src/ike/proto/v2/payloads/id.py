@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from ike.proto.v2.payloads.base import IDI, IDR, Payload, need, register
 
 
-@dataclass
+@dataclass(slots=True)
 class IdPayload(Payload):
     id_type: int = 0
     data: bytes = b""
@@ -24,12 +24,12 @@ class IdPayload(Payload):
 
 
 @register
-@dataclass
+@dataclass(slots=True)
 class IdiPayload(IdPayload):
     TYPE = IDI
 
 
 @register
-@dataclass
+@dataclass(slots=True)
 class IdrPayload(IdPayload):
     TYPE = IDR

@@ -9,7 +9,7 @@ from ike.proto.v2.payloads.base import KE, Payload, need, register
 
 
 @register
-@dataclass
+@dataclass(slots=True)
 class KePayload(Payload):
     TYPE = KE
     group: int = 0

@@ -13,7 +13,7 @@ from ike.proto.v2.payloads.notify import NotifyPayload
 P = TypeVar("P", bound=Payload)
 
 
-@dataclass
+@dataclass(slots=True)
 class Message:
     header: IkeHeader
     payloads: list[Payload] = field(default_factory=list)

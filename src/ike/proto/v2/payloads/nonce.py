@@ -8,7 +8,7 @@ from ike.proto.v2.payloads.base import NONCE, DecodeError, Payload, register
 
 
 @register
-@dataclass
+@dataclass(slots=True)
 class NoncePayload(Payload):
     TYPE = NONCE
     data: bytes = b""

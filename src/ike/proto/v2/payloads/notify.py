@@ -57,7 +57,7 @@ _HEAD = struct.Struct("!BBH")  # Protocol ID, SPI Size, Notify Message Type
 
 
 @register
-@dataclass
+@dataclass(slots=True)
 class NotifyPayload(Payload):
     TYPE = NOTIFY
     protocol: int = 0

@@ -46,7 +46,7 @@ def _encode_transforms(transforms: tuple[Transform, ...]) -> bytes:
     return b"".join(t.encode(i == len(transforms) - 1) for i, t in enumerate(transforms))
 
 
-@dataclass
+@dataclass(slots=True)
 class Proposal:
     number: int
     protocol: int
@@ -120,7 +120,7 @@ _cached_transforms = functools.lru_cache(maxsize=512)(_decode_transforms)
 
 
 @register
-@dataclass
+@dataclass(slots=True)
 class SaPayload(Payload):
     TYPE = SA
     proposals: list[Proposal] = field(default_factory=list)

@@ -60,7 +60,7 @@ def _decode_selectors(data: bytes) -> tuple[TrafficSelector, ...]:
 _cached_selectors = functools.lru_cache(maxsize=512)(_decode_selectors)
 
 
-@dataclass
+@dataclass(slots=True)
 class TsPayload(Payload):
     selectors: list[TrafficSelector] = field(default_factory=list)
 
@@ -74,12 +74,12 @@ class TsPayload(Payload):
 
 
 @register
-@dataclass
+@dataclass(slots=True)
 class TsiPayload(TsPayload):
     TYPE = TSI
 
 
 @register
-@dataclass
+@dataclass(slots=True)
 class TsrPayload(TsPayload):
     TYPE = TSR

@@ -8,7 +8,7 @@ from ike.proto.v2.payloads.base import VENDOR, Payload, register
 
 
 @register
-@dataclass
+@dataclass(slots=True)
 class VendorIdPayload(Payload):
     TYPE = VENDOR
     data: bytes = b""
