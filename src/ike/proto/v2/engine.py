@@ -908,14 +908,14 @@ class Ikev2Engine(EngineOutput):
             self._kick(sa, now)
 
     def _dispatch(self, sa: IkeSa, dg: Datagram, msg: Message, now: float) -> Reply | None:
-        for p in msg.payloads:
-            if type(p) is UnknownPayload and p.critical:
-                self.drop(
-                    dg,
-                    f"{_name(msg.header.exchange)} request has unsupported critical payload type "
-                    f"{p.ptype} (answered UNSUPPORTED_CRITICAL_PAYLOAD)",
-                )
-                return Reply([NotifyPayload(notify_type=n.UNSUPPORTED_CRITICAL_PAYLOAD, data=bytes([p.ptype]))])
+        p = msg.unsupported_critical()
+        if p is not None:
+            self.drop(
+                dg,
+                f"{_name(msg.header.exchange)} request has unsupported critical payload type "
+                f"{p.ptype} (answered UNSUPPORTED_CRITICAL_PAYLOAD)",
+            )
+            return Reply([NotifyPayload(notify_type=n.UNSUPPORTED_CRITICAL_PAYLOAD, data=bytes([p.ptype]))])
         ex = msg.header.exchange
         if ex not in REQUESTS_ACCEPTED[sa.state]:
             self.drop(dg, f"{_name(ex)} request while the IKE SA is {sa.state.value}")

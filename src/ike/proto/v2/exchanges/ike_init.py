@@ -27,7 +27,7 @@ from ike.proto.v2.auth import OUR_HASHES
 from ike.proto.v2.exchanges.base import Result, Task
 from ike.proto.v2.keys import derive_ike_keys, skeyseed
 from ike.proto.v2.payloads import notify as n
-from ike.proto.v2.payloads.base import Payload, UnknownPayload
+from ike.proto.v2.payloads.base import Payload
 from ike.proto.v2.payloads.cert import CertReqPayload
 from ike.proto.v2.payloads.header import FLAG_RESPONSE, IKE_SA_INIT, IkeHeader
 from ike.proto.v2.payloads.ke import KePayload
@@ -70,7 +70,7 @@ def nat_payloads(spi_i: bytes, spi_r: bytes, local: Address, remote: Address, fa
 def check_nat(msg: Message, local: Address, remote: Address) -> tuple[bool, bool] | None:
     """(we are behind a NAT, the peer is) from the peer's NAT-D notifies; None if it sent none."""
     h = msg.header
-    srcs = [p.data for p in msg.notifies() if p.notify_type == n.NAT_DETECTION_SOURCE_IP]
+    srcs = [p.data for p in msg.payloads if type(p) is NotifyPayload and p.notify_type == n.NAT_DETECTION_SOURCE_IP]
     dst = msg.notify(n.NAT_DETECTION_DESTINATION_IP)
     if not srcs or dst is None:
         return None
@@ -305,11 +305,11 @@ def process_r(eng: Ikev2Engine, dg: Datagram, msg: Message, now: float) -> IkeSa
     if h.is_response or not h.from_initiator or h.msg_id != 0 or h.spi_r != ZERO_SPI or h.spi_i == ZERO_SPI:
         eng.drop(dg, "not a valid first IKE_SA_INIT request (flags, message ID or SPIs wrong)")
         return None
-    for p in msg.payloads:
-        if type(p) is UnknownPayload and p.critical:
-            _reply(eng, dg, h, [NotifyPayload(notify_type=n.UNSUPPORTED_CRITICAL_PAYLOAD, data=bytes([p.ptype]))])
-            eng.drop(dg, f"unsupported critical payload type {p.ptype} in IKE_SA_INIT")
-            return None
+    p = msg.unsupported_critical()
+    if p is not None:
+        _reply(eng, dg, h, [NotifyPayload(notify_type=n.UNSUPPORTED_CRITICAL_PAYLOAD, data=bytes([p.ptype]))])
+        eng.drop(dg, f"unsupported critical payload type {p.ptype} in IKE_SA_INIT")
+        return None
     sap, ke, nonce = msg.get(SaPayload), msg.get(KePayload), msg.get(NoncePayload)
     if sap is None or ke is None or nonce is None:
         _reply(eng, dg, h, [NotifyPayload(notify_type=n.INVALID_SYNTAX)])

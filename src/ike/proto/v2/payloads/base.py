@@ -133,7 +133,7 @@ def decode_chain(first: int, data: bytes, base_offset: int = 0) -> list[Payload]
     """Decode a payload chain. An SK/SKF payload must be the last; its body is returned raw."""
     out: list[Payload] = []
     nxt, pos, end = first, 0, len(data)
-    unpack, registry = _GENERIC.unpack_from, _REGISTRY
+    unpack, registry, append = _GENERIC.unpack_from, _REGISTRY, out.append
     while nxt != NONE:
         if pos + 4 > end:
             raise DecodeError(f"payload {PAYLOAD_NAMES.get(nxt, nxt)} header truncated at offset {pos}")
@@ -154,14 +154,14 @@ def decode_chain(first: int, data: bytes, base_offset: int = 0) -> list[Payload]
                 raise DecodeError(f"payload {PAYLOAD_NAMES.get(nxt, nxt)} is malformed: {e}") from None
             if flags & 0x80:
                 p.critical = True
-            out.append(p)
+            append(p)
         elif nxt in (SK, SKF):
             if stop != end:
                 raise DecodeError(f"{PAYLOAD_NAMES[nxt]} payload is not the last payload")
             out.append(RawBody(flags & 0x80 != 0, nxt, following, base_offset + pos + 4, data[pos + 4 : stop]))
             return out
         else:
-            out.append(UnknownPayload(flags & 0x80 != 0, nxt, data[pos + 4 : stop]))
+            append(UnknownPayload(flags & 0x80 != 0, nxt, data[pos + 4 : stop]))
         nxt = following
         pos = stop
     if pos != end:

@@ -6,7 +6,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from ike.proto.v2.payloads.base import SK, SKF, DecodeError, Payload, RawBody, decode_chain, encode_chain
+from ike.proto.v2.payloads.base import (
+    SK,
+    SKF,
+    DecodeError,
+    Payload,
+    RawBody,
+    UnknownPayload,
+    decode_chain,
+    encode_chain,
+)
 from ike.proto.v2.payloads.header import HEADER_LEN, IkeHeader
 from ike.proto.v2.payloads.notify import NotifyPayload
 
@@ -49,6 +58,15 @@ class Message:
         if self._notify_map is None:
             self._index()
         return self._notify_map.get(ntype) if self._notify_map is not None else None
+
+    def unsupported_critical(self) -> UnknownPayload | None:
+        """The first payload of a type we do not implement that has the critical bit (§2.5)."""
+        if self.get(UnknownPayload) is None:  # the usual case, answered by the index
+            return None
+        for p in self.payloads:
+            if type(p) is UnknownPayload and p.critical:
+                return p
+        return None
 
     def notifies(self) -> list[NotifyPayload]:
         return [p for p in self.payloads if isinstance(p, NotifyPayload)]
