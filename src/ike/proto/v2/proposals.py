@@ -65,10 +65,10 @@ def _has(prop: Proposal, want: Transform) -> bool:
 
 
 def _integ_ok(prop: Proposal, integ: str | None) -> bool:
+    if integ is not None:
+        return _integ_transform(integ) in prop.transforms
     integs = prop.of_type(w.INTEG)
-    if integ is None:
-        return not integs or any(t.id == 0 for t in integs)
-    return _integ_transform(integ) in integs
+    return not integs or any(t.id == 0 for t in integs)
 
 
 def ike_matches(ours: IkeProposal, prop: Proposal, with_dh: bool = True) -> bool:
@@ -101,14 +101,15 @@ def esp_matches(
         return False
     if not _integ_ok(prop, ours.integ):
         return False
-    dhs = prop.of_type(w.DH)
     if ignore_dh:
         pass
     elif pfs_group:
-        if Transform(w.DH, pfs_group) not in dhs:
+        if Transform(w.DH, pfs_group) not in prop.transforms:
             return False
-    elif dhs and not any(t.id == 0 for t in dhs):
-        return False
+    else:
+        dhs = prop.of_type(w.DH)
+        if dhs and not any(t.id == 0 for t in dhs):
+            return False
     esns = prop.of_type(w.ESN)
     return Transform(w.ESN, 1 if ours.esn else 0) in esns if esns else not ours.esn
 

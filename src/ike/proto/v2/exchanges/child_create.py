@@ -245,6 +245,10 @@ def process_response(
 
 
 def narrow(ours: TrafficSelector, theirs: Sequence[TrafficSelector]) -> list[TrafficSelector]:
+    if len(theirs) == 1:  # the usual request: one selector, nothing to merge
+        t = theirs[0]
+        x = t if ours.contains(t) else ours.intersect(t)
+        return [] if x is None else [x]
     out: list[TrafficSelector] = []
     for t in theirs:
         x = t if ours.contains(t) else ours.intersect(t)  # the common case needs no new selector
