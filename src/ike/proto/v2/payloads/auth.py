@@ -39,4 +39,4 @@ class AuthPayload(Payload):
     @classmethod
     def decode_body(cls, data: bytes, ptype: int) -> AuthPayload:
         need(data, 5, "AUTH payload")
-        return cls(method=data[0], data=data[4:])
+        return cls(False, data[0], data[4:])  # critical, method, data

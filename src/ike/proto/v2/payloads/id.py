@@ -20,7 +20,7 @@ class IdPayload(Payload):
     def decode_body(cls, data: bytes, ptype: int) -> IdPayload:
         need(data, 5, "ID payload")
         c = IdiPayload if ptype == IDI else IdrPayload
-        return c(id_type=data[0], data=data[4:])
+        return c(False, data[0], data[4:])  # critical, id_type, data
 
 
 @register

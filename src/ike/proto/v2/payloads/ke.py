@@ -22,4 +22,4 @@ class KePayload(Payload):
     def decode_body(cls, data: bytes, ptype: int) -> KePayload:
         need(data, 4, "KE payload")
         (group,) = struct.unpack_from("!H", data)
-        return cls(group=group, data=data[4:])
+        return cls(False, group, data[4:])  # critical, group, data

@@ -20,4 +20,4 @@ class NoncePayload(Payload):
     def decode_body(cls, data: bytes, ptype: int) -> NoncePayload:
         if not 16 <= len(data) <= 256:
             raise DecodeError(f"nonce is {len(data)} bytes, must be 16 to 256")
-        return cls(data=data)
+        return cls(False, data)  # critical, data

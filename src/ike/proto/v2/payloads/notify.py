@@ -79,4 +79,5 @@ class NotifyPayload(Payload):
         proto, spi_size, ntype = _HEAD.unpack_from(data)
         if spi_size not in (0, 4, 8) or 4 + spi_size > len(data):
             raise DecodeError(f"{notify_name(ntype)}: SPI size {spi_size} is invalid")
-        return cls(protocol=proto, spi=data[4 : 4 + spi_size], notify_type=ntype, data=data[4 + spi_size :])
+        # critical, protocol, spi, notify_type, data
+        return cls(False, proto, data[4 : 4 + spi_size], ntype, data[4 + spi_size :])

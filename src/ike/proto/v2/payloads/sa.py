@@ -159,4 +159,4 @@ class SaPayload(Payload):
             raise DecodeError("SA payload has no proposals")
         if not last:
             raise DecodeError("SA payload's last proposal is not marked last")
-        return cls(proposals=props)
+        return cls(False, props)  # critical, proposals

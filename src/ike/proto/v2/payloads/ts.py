@@ -70,7 +70,8 @@ class TsPayload(Payload):
     @classmethod
     def decode_body(cls, data: bytes, ptype: int) -> TsPayload:
         c = TsiPayload if ptype == TSI else TsrPayload
-        return c(selectors=list(_cached_selectors(data) if len(data) <= 256 else _decode_selectors(data)))
+        selectors = _cached_selectors(data) if len(data) <= 256 else _decode_selectors(data)
+        return c(False, list(selectors))  # critical, selectors
 
 
 @register
