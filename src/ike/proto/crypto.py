@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives import hmac as c_hmac
 from cryptography.hazmat.primitives.asymmetric import dh, ec, x448, x25519
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
+from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
 from cryptography.utils import CryptographyDeprecationWarning
 
 from ike.proto.transforms import DH, ENCR, INTEG, PRF
@@ -104,21 +105,15 @@ class KeyedPrf:
 
 
 def prf_plus(name: str, key: bytes, seed: bytes, length: int) -> bytes:
-    """RFC 7296 §2.13: T1 = prf(K, S | 0x01), Tn = prf(K, Tn-1 | S | n)."""
+    """RFC 7296 §2.13: T1 = prf(K, S | 0x01), Tn = prf(K, Tn-1 | S | n). Every prf here is an HMAC, and
+    with an HMAC this is HKDF-Expand(PRK = K, info = S) of RFC 5869 §2.3, which `cryptography` computes
+    in one call instead of one HMAC object per block."""
     p = PRF[name]
-    blocks = -(-length // p.out_len)
-    if blocks > 255:
+    if -(-length // p.out_len) > 255:
         raise ValueError("prf+ cannot produce that much keying material")
-    # Keyed once: every block is a copy of the keyed HMAC instead of a new key schedule.
-    keyed = c_hmac.HMAC(key, _HASH_OBJECTS[p.hash])
-    out: list[bytes] = []
-    t = b""
-    for i in range(1, blocks + 1):
-        h = keyed.copy()
-        h.update(t + seed + bytes((i,)))
-        t = h.finalize()
-        out.append(t)
-    return b"".join(out)[:length]
+    if length <= 0:
+        return b""
+    return HKDFExpand(_HASH_OBJECTS[p.hash], length, seed).derive(key)
 
 
 def integ_icv(name: str, key: bytes, data: bytes) -> bytes:

@@ -1,10 +1,13 @@
-"""The responder's hot-path shortcuts keep their contracts: the ChildSa deadline hook, the codec caches."""
+"""The responder's hot-path shortcuts keep their contracts: the ChildSa deadline hook, the codec caches,
+prf+ through HKDF-Expand and the keyed prf."""
 
 from __future__ import annotations
 
 import pytest
 
 from ike.policy import DataManagementPolicy, EspProposal, Phase2Tunnel, TrafficSelector
+from ike.proto.crypto import KeyedPrf, hmac_digest, prf, prf_plus
+from ike.proto.transforms import PRF
 from ike.proto.v2.keys import ChildKeys
 from ike.proto.v2.payloads.base import TSI, TSR, DecodeError
 from ike.proto.v2.payloads.sa import ENCR, ESN, PROTO_ESP, Proposal, SaPayload, Transform
@@ -77,3 +80,24 @@ def test_sa_transform_cache_gives_fresh_lists() -> None:
     first.proposals[0].transforms.clear()
     assert SaPayload.decode_body(body, 33) == sa
     assert SaPayload(proposals=[Proposal(1, PROTO_ESP, b"\x00\x00\x01\x00", ts[:1])]).encode_body() != body
+
+
+@pytest.mark.parametrize("name", sorted(PRF))
+def test_prf_plus_is_the_rfc_7296_definition_at_every_length(name: str) -> None:
+    key, seed = bytes(range(1, 40)), b"Ni | Nr | SPIi | SPIr" * 3
+    out, t, i = b"", b"", 1
+    while len(out) < 700:
+        t = hmac_digest(PRF[name].hash, key, t + seed + bytes([i]))
+        out, i = out + t, i + 1
+    for length in (0, 1, 19, 20, 32, 40, 63, 64, 65, 136, 700):
+        assert prf_plus(name, key, seed, length) == out[:length]
+    assert prf_plus(name, b"", seed, 40) == prf_plus(name, bytes(PRF[name].out_len), seed, 40)
+    with pytest.raises(ValueError, match="prf\\+ cannot produce"):
+        prf_plus(name, key, seed, 255 * PRF[name].out_len + 1)
+
+
+@pytest.mark.parametrize("name", sorted(PRF))
+def test_keyed_prf_is_prf(name: str) -> None:
+    once = KeyedPrf(name, b"secret")
+    for data in (b"", b"x", b"y" * 300):
+        assert once(data) == prf(name, b"secret", data)
