@@ -245,17 +245,18 @@ class IkeCipher:
             ck = key[: -self.t.salt_size]
             self._aead: AESGCM | ChaCha20Poly1305 = AESGCM(ck) if encr == "aes-gcm-16" else ChaCha20Poly1305(ck)
         else:
-            self._key = key
-            self._algo: type[algorithms.AES] | type[TripleDES] = algorithms.AES if encr == "aes-cbc" else TripleDES
+            # The algorithm object is immutable: made once per key, not per message (IKEv1 seals and
+            # opens five messages a negotiation, and each construction checks its key in Python).
+            self._algo: algorithms.AES | TripleDES = algorithms.AES(key) if encr == "aes-cbc" else TripleDES(key)
 
     def cbc_encrypt(self, iv: bytes, plaintext: bytes) -> bytes:
-        enc = Cipher(self._algo(self._key), modes.CBC(iv)).encryptor()
+        enc = Cipher(self._algo, modes.CBC(iv)).encryptor()
         return enc.update(plaintext) + enc.finalize()
 
     def cbc_decrypt(self, iv: bytes, ciphertext: bytes) -> bytes:
         if not ciphertext or len(ciphertext) % self.block_size:
             raise CryptoError(f"ciphertext length {len(ciphertext)} is not a multiple of the block size")
-        dec = Cipher(self._algo(self._key), modes.CBC(iv)).decryptor()
+        dec = Cipher(self._algo, modes.CBC(iv)).decryptor()
         return dec.update(ciphertext) + dec.finalize()
 
     def aead_encrypt(self, iv: bytes, plaintext: bytes, aad: bytes) -> bytes:
