@@ -66,8 +66,12 @@ CHARON_LOAD = """
 """
 
 
-def gen_addr(i: int) -> str:
-    return f"198.18.0.{10 + i}"
+MAX_CLIENTS = 240  # client addresses 198.18.0.10 to .249, beside the two hosts' own
+
+
+def gen_addrs(i: int, inflight: int) -> list[str]:
+    """Generator i's client addresses, one per negotiation it keeps in flight (see loadgen.py)."""
+    return [f"198.18.0.{10 + i * inflight + j}" for j in range(inflight)]
 
 
 def gen_net(i: int) -> str:
@@ -82,6 +86,8 @@ class Run:
     gen_cpu: list[float]  # % of one core, per generator
     responder_cpu: float
     reasons: list[str]
+    resent: int = 0  # retransmissions by the generators: a run limited by loss, not CPU, shows here
+    rcvbuf_drops: int = 0  # datagrams the responder's kernel dropped for a full socket buffer
 
 
 PROFILE: Path | None = None  # --profile DIR: py-spy the responder (iked only) during each run
@@ -94,7 +100,8 @@ def drive(a: object, b: object, v: Variant, responder_pid: int, procs: int, infl
     gens = []
     try:
         for i in range(procs):
-            cmd = [sys.executable, str(REPO / "bench" / "loadgen.py"), "--local", gen_addr(i), "--remote", b.outer4]
+            cmd = [sys.executable, str(REPO / "bench" / "loadgen.py"), "--local", ",".join(gen_addrs(i, inflight))]
+            cmd += ["--remote", b.outer4]
             cmd += ["--version", str(v.version), "--dh", str(v.dh), "--psk", PSK]
             cmd += ["--local-net", gen_net(i), "--remote-net", b.inner_net4]
             cmd += ["--seconds", f"{seconds:g}", "--inflight", str(inflight)]
@@ -111,6 +118,7 @@ def drive(a: object, b: object, v: Variant, responder_pid: int, procs: int, infl
             line = g.stdout.readline().strip()
             if line != "ready":
                 raise RuntimeError(f"load generator {i} did not start: {line} {g.stderr.read() if g.stderr else ''}")
+        drops0 = udp_rcvbuf_errors(b)
         c0, t0 = cpu_seconds(responder_pid), time.perf_counter()
         for g in gens:
             assert g.stdin is not None
@@ -125,6 +133,7 @@ def drive(a: object, b: object, v: Variant, responder_pid: int, procs: int, infl
             reports.append(json.loads(lines[-1]))
         wall = time.perf_counter() - t0
         responder_cpu = 100 * (cpu_seconds(responder_pid) - c0) / wall
+        drops = udp_rcvbuf_errors(b) - drops0
     finally:
         for g in gens:
             if g.poll() is None:
@@ -140,7 +149,19 @@ def drive(a: object, b: object, v: Variant, responder_pid: int, procs: int, infl
         [100 * r["cpu_seconds"] / r["seconds"] for r in reports],
         responder_cpu,
         reasons,
+        sum(int(r.get("resent", 0)) for r in reports),
+        drops,
     )
+
+
+def udp_rcvbuf_errors(host: object) -> int:
+    """The namespace's count of UDP datagrams dropped because a socket's receive buffer was full."""
+    from harness.netns import Host
+
+    assert isinstance(host, Host)
+    lines = [ln.split() for ln in host.run(["cat", "/proc/net/snmp"]).stdout.splitlines() if ln.startswith("Udp:")]
+    names, values = lines[0], lines[1]
+    return int(values[names.index("RcvbufErrors")])
 
 
 def iked_run(a: object, b: object, v: Variant, procs: int, inflight: int, seconds: float) -> Run:
@@ -148,8 +169,9 @@ def iked_run(a: object, b: object, v: Variant, procs: int, inflight: int, second
     from harness.netns import Host
 
     assert isinstance(a, Host) and isinstance(b, Host)
-    p1s = [P1(f"g{i}", b.outer4, gen_addr(i), v.version, v.dh) for i in range(procs)]
-    p2s = [P2(f"n{i}", f"g{i}", b.inner_net4, gen_net(i)) for i in range(procs)]
+    clients = [(i, addr) for i in range(procs) for addr in gen_addrs(i, inflight)]
+    p1s = [P1(f"g{k}", b.outer4, addr, v.version, v.dh) for k, (_i, addr) in enumerate(clients)]
+    p2s = [P2(f"n{k}", f"g{k}", b.inner_net4, gen_net(i)) for k, (i, _addr) in enumerate(clients)]
     with Iked(b, dataplane="none", log_level="errors") as ib:
         ib.put(iked_xml(p1s, p2s))
         assert ib.proc is not None
@@ -185,7 +207,8 @@ def show(who: str, r: Run) -> None:
     gens = ", ".join(f"{c:.0f}%" for c in r.gen_cpu)
     log(
         f"    {who:7s} {r.rate:8.1f} setups/s  ({r.completed} done, {r.failed} failed; "
-        f"responder CPU {r.responder_cpu:.0f}%, generator CPU {gens})"
+        f"responder CPU {r.responder_cpu:.0f}%, generator CPU {gens}; "
+        f"{r.resent} resent, {r.rcvbuf_drops} dropped at the responder's socket)"
     )
     for why in r.reasons:
         log(f"            failure: {why}")
@@ -206,6 +229,8 @@ def main() -> int:
     seconds = a_.seconds or (0.5 if a_.tiny else 15.0)
     procs = a_.procs or (1 if a_.tiny else 2)
     inflight = a_.inflight or (4 if a_.tiny else 32)
+    if procs * inflight > MAX_CLIENTS:
+        raise SystemExit(f"{NAME}: --procs x --inflight is at most {MAX_CLIENTS} (one client address each)")
     why = prerequisites("ip")
     if why:
         not_measured(NAME, why, a_.tiny)
@@ -222,12 +247,16 @@ def main() -> int:
         not_measured(NAME, "; ".join(missing), a_.tiny)
     from harness.netns import two_hosts
 
-    log(f"{NAME}: {procs} generator process(es) x {inflight} in flight, {seconds:g} s per run, PSK, ESP AES-GCM-128")
+    log(
+        f"{NAME}: {procs} generator process(es) x {inflight} in flight, one client address and identity each, "
+        f"{seconds:g} s per run, PSK, ESP AES-GCM-128"
+    )
     results: list[tuple[Variant, Run, Run]] = []
     with two_hosts() as (a, b):
         log(f"  namespaces: {a.name} {b.name}")
         for i in range(procs):
-            a.run(["ip", "addr", "add", f"{gen_addr(i)}/24", "dev", a.outer_if])
+            for addr in gen_addrs(i, inflight):
+                a.run(["ip", "addr", "add", f"{addr}/24", "dev", a.outer_if])
         for v in variants:
             log(f"  {v.label} ({v.charon_proposal}):")
             ri = iked_run(a, b, v, procs, inflight, seconds)
