@@ -204,3 +204,18 @@ def test_ike_talks_to_iked_without_importing_what_it_does_not_need(srv: ServerTh
     assert "ike.daemon.client" in imported  # the check sees our imports at all
     heavy = sorted(imported & {"re", "json", "socket", "enum", "typing", "dataclasses", "pathlib", "selectors"})
     assert heavy == [], heavy
+
+
+def test_ike_flushes_all_output_and_keeps_its_exit_status_when_it_skips_teardown(tmp_path: Path) -> None:
+    """bin/ike leaves with os._exit (no interpreter teardown): everything printed must still
+    arrive, through a pipe too, and the exit status must be the command's."""
+    import subprocess
+    import sys
+
+    env = {"PYTHONPATH": str(REPO / "src"), "IKE_RUNDIR": str(tmp_path)}
+    r = subprocess.run([sys.executable, str(REPO / "bin" / "ike"), "help"], capture_output=True, text=True, env=env)
+    assert r.returncode == 0 and "cmd=activate" in r.stdout and r.stdout.endswith("\n"), r
+    bad = subprocess.run(
+        [sys.executable, str(REPO / "bin" / "ike"), "cmd=nonsense"], capture_output=True, text=True, env=env
+    )
+    assert bad.returncode == 2 and "cmd=nonsense" in bad.stderr, bad
