@@ -16,7 +16,8 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TypeVar, cast
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -53,6 +54,44 @@ class AuthError(Exception):
 
 # --- loading --------------------------------------------------------------------------------------
 
+# Parsed certificate, key and CA files, each kept with the file's signature (inode, size, mtime) and
+# used again while the file is unchanged. Every negotiation with certificates needs them, and reading
+# and parsing them each time (an RSA private key is checked on every load) cost more than the
+# signature itself; a replaced file is read again at the next negotiation.
+_FileSig = tuple[tuple[str, int, int, int], ...]
+_LOADED: dict[tuple[str, str], tuple[_FileSig, object]] = {}
+_LOADED_MAX = 256
+_T = TypeVar("_T")
+
+
+def _signature(path: str) -> _FileSig | None:
+    """What identifies the file's (or a directory's files') content; None if it cannot be read."""
+    try:
+        st = os.stat(path)
+        sig = [(path, st.st_ino, st.st_size, st.st_mtime_ns)]
+        if os.path.isdir(path):
+            for name in sorted(os.listdir(path)):
+                full = os.path.join(path, name)
+                if os.path.isfile(full):
+                    f = os.stat(full)
+                    sig.append((name, f.st_ino, f.st_size, f.st_mtime_ns))
+    except OSError:
+        return None
+    return tuple(sig)
+
+
+def _cached(kind: str, path: str, load: Callable[[str], _T]) -> _T:
+    sig = _signature(path)
+    hit = _LOADED.get((kind, path))
+    if sig is not None and hit is not None and hit[0] == sig:
+        return cast(_T, hit[1])  # stored below by the same kind's loader
+    value = load(path)  # raises AuthError with the reason; failures are not kept
+    if sig is not None:
+        if len(_LOADED) >= _LOADED_MAX:
+            _LOADED.clear()
+        _LOADED[(kind, path)] = (sig, value)
+    return value
+
 
 def _read(path: str, what: str) -> bytes:
     try:
@@ -73,6 +112,10 @@ def parse_certificate(data: bytes) -> x509.Certificate:
 
 
 def load_certificate(path: str) -> x509.Certificate:
+    return _cached("cert", path, _load_certificate)
+
+
+def _load_certificate(path: str) -> x509.Certificate:
     try:
         return parse_certificate(_read(path, "certificate"))
     except AuthError as e:
@@ -80,6 +123,12 @@ def load_certificate(path: str) -> x509.Certificate:
 
 
 def load_private_key(path: str, password: bytes | None = None) -> PrivateKey:
+    if password is not None:
+        return _load_private_key(path, password)
+    return _cached("key", path, _load_private_key)
+
+
+def _load_private_key(path: str, password: bytes | None = None) -> PrivateKey:
     data = _read(path, "private key")
     try:
         if data.lstrip().startswith(b"-----BEGIN"):
@@ -95,15 +144,19 @@ def load_private_key(path: str, password: bytes | None = None) -> PrivateKey:
 
 def load_ca(path: str) -> list[x509.Certificate]:
     """CA certificates from a PEM bundle, a DER file, or a directory of such files."""
+    return list(_cached("ca", path, _load_ca))  # a fresh list each time: callers may extend it
+
+
+def _load_ca(path: str) -> tuple[x509.Certificate, ...]:
     if os.path.isdir(path):
         out: list[x509.Certificate] = []
         for name in sorted(os.listdir(path)):
             full = os.path.join(path, name)
             if os.path.isfile(full):
-                out += load_ca(full)
+                out += _load_ca(full)
         if not out:
             raise AuthError(f"no CA certificates found in directory {path}")
-        return out
+        return tuple(out)
     data = _read(path, "CA certificate")
     try:
         if b"-----BEGIN" in data:
@@ -112,7 +165,7 @@ def load_ca(path: str) -> list[x509.Certificate]:
             certs = [x509.load_der_x509_certificate(data)]
     except ValueError as e:
         raise AuthError(f"{path}: not a valid CA certificate file: {e}") from None
-    return list(certs)
+    return tuple(certs)
 
 
 # --- chain verification ---------------------------------------------------------------------------
