@@ -70,10 +70,12 @@ class UdpEndpoint:
         s = socket.socket(self.family, socket.SOCK_DGRAM)
         try:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            # Only a wildcard socket needs each datagram's local address: a bound one knows it.
             if self.family == socket.AF_INET6:
                 s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-                s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVPKTINFO, 1)
-            else:
+                if self.wildcard:
+                    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVPKTINFO, 1)
+            elif self.wildcard:
                 s.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
             s.setblocking(False)
             s.bind((self.addr, port))
@@ -92,9 +94,10 @@ class UdpEndpoint:
 
     def _readable(self) -> None:
         # Drain what is queued, but bound the batch so one busy socket cannot starve the loop.
+        ancsize = 256 if self.wildcard else 0
         for _ in range(64):
             try:
-                data, anc, _flags, src = self.sock.recvmsg(MAX_DATAGRAM, 256)
+                data, anc, _flags, src = self.sock.recvmsg(MAX_DATAGRAM, ancsize)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as e:
@@ -107,7 +110,7 @@ class UdpEndpoint:
                 elif level == socket.IPPROTO_IPV6 and typ == socket.IPV6_PKTINFO and len(cdata) >= 16:
                     local_ip = socket.inet_ntop(socket.AF_INET6, cdata[:16])
             try:
-                self.on_datagram(data, (local_ip, self.port), (str(src[0]), int(src[1])))
+                self.on_datagram(data, (local_ip, self.port), (src[0], src[1]))
             except Exception:
                 log.exception("handling a datagram from %s failed", src[0])
 
