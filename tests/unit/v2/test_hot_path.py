@@ -44,7 +44,11 @@ def test_child_deadline_fields_tell_the_watcher() -> None:
     c = _child()
     assert (c.rekey_at, c.expire_at, c.state) == (10.0, 20.0, ChildState.INSTALLED)
     seen: list[tuple[float | None, float, ChildState]] = []
-    c.watcher = lambda ch: seen.append((ch.rekey_at, ch.expire_at, ch.state))
+
+    def told(ch: ChildSa) -> None:
+        seen.append((ch.rekey_at, ch.expire_at, ch.state))
+
+    c.watcher = lambda: told
     c.rekey_at = None
     c.expire_at = 30.0
     c.set_state(ChildState.DELETING)

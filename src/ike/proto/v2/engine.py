@@ -37,6 +37,7 @@ import heapq
 import itertools
 import os
 import time
+import weakref
 from collections import Counter, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -605,7 +606,7 @@ class Ikev2Engine(EngineOutput):
     def add_child(self, sa: IkeSa, child: ChildSa, now: float) -> None:
         sa = self.live_sa(sa)
         sa.children[child.child_id] = child
-        child.watcher = self._child_deadline_changed
+        child.watcher = weakref.WeakMethod(self._child_deadline_changed)
         self._child_deadline_changed(child)
         k = child.keys
         i_keys, r_keys = (k.encr_i, k.integ_i), (k.encr_r, k.integ_r)

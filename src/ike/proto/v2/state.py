@@ -101,7 +101,9 @@ class ChildSa:
     peer_rekey: ChildSa | None = None
     # Told whenever a field that decides this child's next deadline changes, so the engine can keep
     # its deadlines in a heap instead of scanning every child on each get_timer().
-    watcher: Callable[[ChildSa], None] | None = field(default=None, repr=False, compare=False)
+    # A weak reference to that method: a strong one made engine -> SA -> child -> engine a cycle,
+    # which only the garbage collector frees, and a busy responder forgets an engine per negotiation.
+    watcher: Callable[[], Callable[[ChildSa], None] | None] | None = field(default=None, repr=False, compare=False)
 
     def set_state(self, new: ChildState) -> None:
         if new is self.state:
@@ -123,8 +125,8 @@ class _Watched:
         d = child.__dict__
         d[self.name] = value
         w = d.get("watcher")
-        if w is not None:
-            w(child)
+        if w is not None and (told := w()) is not None:
+            told(child)
 
 
 for _field in _DEADLINE_FIELDS:
