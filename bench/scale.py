@@ -30,6 +30,7 @@ from common import (
     P2,
     PSK,
     Profiler,
+    compile_bytecode,
     engine_available,
     find_process,
     iked_xml,
@@ -252,6 +253,7 @@ def main() -> int:
 
     from harness.netns import two_hosts
 
+    compile_bytecode()  # the list and activate times include each command's start-up
     log(f"{NAME}: IKEv2, one IKE SA, {' and '.join(map(str, counts))} child SAs (iked: none data plane)")
     rows: list[tuple[int, Figures, Figures]] = []
     with tempfile.TemporaryDirectory(prefix="ike-bench-scale-") as tmp, two_hosts() as (a, b):
