@@ -24,6 +24,7 @@ from typing import Any, Protocol
 
 from ike.daemon.policies import ActivationTarget, IndexedPolicies
 from ike.policy import DpdAction, Phase1Tunnel, Phase2Tunnel, TrafficSelector
+from ike.proto import secretcache
 from ike.proto.api import (
     Address,
     ChildSaDeleted,
@@ -297,6 +298,7 @@ class TunnelManager:
         new = self.policy_loader()
         if new is not self.policies:
             self.policies = new
+            secretcache.forget_all()  # a key or PSK whose definition went must not outlive it here
             setter = getattr(self.factory, "set_policies", None)
             if callable(setter):
                 setter(new)

@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature, encode_dss_signature
 
 from ike.policy import Identity, IdType
+from ike.proto import secretcache
 from ike.proto.crypto import hash_algorithm
 
 __all__ = [
@@ -61,6 +62,7 @@ class AuthError(Exception):
 _FileSig = tuple[tuple[str, int, int, int], ...]
 _LOADED: dict[tuple[str, str], tuple[_FileSig, object]] = {}
 _LOADED_MAX = 256
+secretcache.register(_LOADED.clear)  # it holds private keys
 _T = TypeVar("_T")
 
 

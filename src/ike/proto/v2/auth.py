@@ -14,7 +14,7 @@ from collections.abc import Collection
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from ike.proto import certs
+from ike.proto import certs, secretcache
 from ike.proto.certs import AuthError, PrivateKey, PublicKey
 from ike.proto.crypto import KeyedPrf, prf
 from ike.proto.v2.payloads import auth as m
@@ -76,6 +76,9 @@ def signed_octets(message: bytes, peer_nonce: bytes, prf_name: str, sk_p: bytes,
 def _psk_prf(prf_name: str, psk: bytes) -> KeyedPrf:
     # prf(secret, "Key Pad for IKEv2") depends on the secret alone: keyed once per PSK, not twice per IKE_AUTH.
     return KeyedPrf(prf_name, prf(prf_name, psk, KEY_PAD))
+
+
+secretcache.register(_psk_prf.cache_clear)
 
 
 def psk_auth(prf_name: str, psk: bytes, octets: bytes) -> bytes:
