@@ -184,6 +184,51 @@ class P2Entry:
         return self.state in LIVE
 
 
+class _Ended:
+    """What a dropped slot holds in place of its engine. Its tunnels stay listed as ended (up to
+    MAX_DEAD_ENTRIES per phase) and point at the slot; the engine, with every key of its IKE SA and
+    child SAs, must not stay in memory with them. Calls on a dead slot are refused before they get
+    here; should one slip through, it finds nothing to do."""
+
+    __slots__ = ("role",)
+
+    def __init__(self, role: Role) -> None:
+        self.role = role
+
+    def receive_datagram(self, dg: Datagram, now: float) -> None:
+        return None
+
+    def handle_timer(self, now: float) -> None:
+        return None
+
+    def get_timer(self) -> float | None:
+        return None
+
+    def datagrams_to_send(self) -> list[Datagram]:
+        return []
+
+    def next_event(self) -> Event | None:
+        return None
+
+    def start_child(self, phase2: Phase2Tunnel, now: float) -> None:
+        return None
+
+    def rekey_child(self, child_id: int, now: float) -> None:
+        return None
+
+    def delete_child(self, child_id: int, now: float) -> None:
+        return None
+
+    def delete(self, now: float) -> None:
+        return None
+
+    def is_established(self) -> bool:
+        return False
+
+    def is_finished(self) -> bool:
+        return True
+
+
 @dataclass(eq=False)
 class Slot:
     """One engine and the daemon's bookkeeping around it."""
@@ -522,6 +567,7 @@ class TunnelManager:
         slot.p2_by_child = {}
         slot.p1_pending = None
         slot.renewed = None
+        slot.engine = _Ended(slot.role)
 
     def _engine_failed(self, slot: Slot, reason: str) -> None:
         self._drop_slot(slot, reason)

@@ -274,3 +274,39 @@ def test_a_dropped_negotiation_is_freed_without_the_garbage_collector(version: i
     finally:
         gc.enable()
         loop.close()
+
+
+@pytest.mark.parametrize("version", [1, 2], ids=["v1", "v2"])
+def test_an_ended_tunnel_stays_listed_without_its_engine_and_keys(version: int) -> None:
+    """`ike cmd=list` shows ended tunnels (up to MAX_DEAD_ENTRIES) from what their entries copied;
+    their dropped slot must not keep the engine, which holds every key of the IKE SA and its
+    children, for as long as they are listed."""
+    import gc
+    import weakref
+
+    require_engine(version)
+    loop = asyncio.new_event_loop()
+    gc.collect()
+    gc.disable()
+    try:
+        net = RealNet(loop, version)
+
+        async def go() -> None:
+            res = net.a.activate(net.pa.by_numbers([1], None), None)
+            await asyncio.wait_for(asyncio.gather(*net.a.waiters_for(res, None)), 10)
+            await asyncio.sleep(0.05)
+
+        loop.run_until_complete(go())
+        engines = [weakref.ref(s.engine) for m in (net.a, net.b) for s in m.slots.values()]
+        assert len(engines) == 2 and all(e() is not None for e in engines)
+        for m in (net.a, net.b):
+            for slot in list(m.slots.values()):
+                m._drop_slot(slot, "peer restarted (INITIAL_CONTACT)")
+        loop.run_until_complete(asyncio.sleep(0))
+        assert [e() for e in engines] == [None, None]
+        (t,) = net.a.listing("1+", None, None)["tunnels"]
+        assert t["state"] != "established" and t["remote"] == B
+        assert t["phase2"] and all(c["state"] != "established" for c in t["phase2"])
+    finally:
+        gc.enable()
+        loop.close()
