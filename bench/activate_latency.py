@@ -21,12 +21,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (
     P1,
     P2,
-    PSK,
     Profiler,
     compile_bytecode,
     engine_available,
     find_process,
     iked_xml,
+    load_gw_net,
     log,
     median,
     not_measured,
@@ -103,21 +103,11 @@ def charon_stack(stack: contextlib.ExitStack, a: Any, b: Any) -> tuple[Callable[
     """Two charons (kernel-libipsec) with the same tunnel loaded; returns one try (swanctl
     --initiate, which blocks until the CHILD_SA is up or fails, then terminate it on both sides)
     and swanctl's own floor (`swanctl --list-sas`)."""
-    from harness.strongswan import Charon, Child, Conn
+    from harness.strongswan import Charon
 
     ca = stack.enter_context(Charon(a))
     cb = stack.enter_context(Charon(b))
-    for c, me, peer in ((ca, a, b), (cb, b, a)):
-        c.load(
-            Conn(
-                name="gw",
-                local_addrs=[me.outer4],
-                remote_addrs=[peer.outer4],
-                proposals=["aes128gcm16-prfsha256-x25519"],
-                psk=PSK,
-                children=[Child("net", [me.inner_net4], [peer.inner_net4], ["aes128gcm16"])],
-            )
-        )
+    load_gw_net(ca, cb, a, b)
     floor = median([_timed(lambda: ca.swanctl("--list-sas")) for _ in range(5)])
 
     def one() -> float:

@@ -20,6 +20,11 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from harness.netns import Host
+    from harness.strongswan import Charon
 
 REPO = Path(__file__).resolve().parent.parent
 # The namespace harness (two hosts, charon, iked) lives with the tests; the benchmarks reuse it.
@@ -188,6 +193,25 @@ def _ident(tag: str, ts: str, port: int = 0) -> str:
         net, plen = ts.split("/")
         return f'<{tag}><IPV4_Subnet Value="{net}" NetMask="{plen}"{extra}/></{tag}>'
     return f'<{tag}><IPV4_Address Value="{ts}"{extra}/></{tag}>'
+
+
+def load_gw_net(ca: Charon, cb: Charon, a: Host, b: Host) -> None:
+    """Load charon `ca` (in host `a`) and `cb` (in `b`) with the one tunnel the iked side defines
+    with P1("gw") and P2("net"): PSK, AES-GCM-128, PRF-SHA-256, Curve25519, between the two hosts'
+    inside networks."""
+    from harness.strongswan import Child, Conn
+
+    for c, me, peer in ((ca, a, b), (cb, b, a)):
+        c.load(
+            Conn(
+                name="gw",
+                local_addrs=[me.outer4],
+                remote_addrs=[peer.outer4],
+                proposals=["aes128gcm16-prfsha256-x25519"],
+                psk=PSK,
+                children=[Child("net", [me.inner_net4], [peer.inner_net4], ["aes128gcm16"])],
+            )
+        )
 
 
 def iked_xml(p1s: Iterable[P1], p2s: Iterable[P2], psk: str = PSK, esp_keylen: int = 128) -> str:

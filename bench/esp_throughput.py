@@ -21,12 +21,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (
     P1,
     P2,
-    PSK,
     Profiler,
     cpu_seconds,
     engine_available,
     find_process,
     iked_xml,
+    load_gw_net,
     log,
     median,
     not_measured,
@@ -127,28 +127,11 @@ def manual_round(a: object, b: object, seconds: float) -> float:
 
 def charon_round(a: object, b: object, seconds: float) -> tuple[float, tuple[float, ...]]:
     from harness.netns import Host
-    from harness.strongswan import Charon, Child, Conn
+    from harness.strongswan import Charon
 
     assert isinstance(a, Host) and isinstance(b, Host)
     with Charon(a) as ca, Charon(b) as cb:
-        for c, me, peer in ((ca, a, b), (cb, b, a)):
-            c.load(
-                Conn(
-                    name="gw",
-                    local_addrs=[me.outer4],
-                    remote_addrs=[peer.outer4],
-                    proposals=["aes128gcm16-prfsha256-x25519"],
-                    psk=PSK,
-                    children=[
-                        Child(
-                            name="net",
-                            local_ts=[me.inner_net4],
-                            remote_ts=[peer.inner_net4],
-                            esp_proposals=["aes128gcm16"],
-                        )
-                    ],
-                )
-            )
+        load_gw_net(ca, cb, a, b)
         ca.initiate("net", "gw")
         ca.wait_established("gw", "net")
         cb.wait_established("gw", "net")

@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
+import gc
 import io
 import logging
 import sys
-from collections.abc import Callable
+import weakref
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +42,7 @@ from ike.policy import (
     Phase2Tunnel,
     TrafficSelector,
 )
-from ike.proto.api import Datagram
+from ike.proto.api import Datagram, Engine
 
 A, B = "198.18.0.1", "198.18.0.2"
 PSK = b"in-memory test key 0123456789"
@@ -232,15 +235,10 @@ def test_real_engines_through_manager_and_no_keys_in_log(
             assert f not in text
 
 
-@pytest.mark.parametrize("version", [1, 2])
-def test_a_dropped_negotiation_is_freed_without_the_garbage_collector(version: int) -> None:
-    """A busy responder forgets an engine per negotiation. Nothing may keep it in a reference cycle
-    (the manager's slot and tunnel entries, the engine's own deadline hook, a pending timer), or
-    each one, keys included, waits for the collector: in setup-rate that was 12-23 % of the
-    responder's CPU. With the collector off, dropping the slots must free both engines."""
-    import gc
-    import weakref
-
+@contextlib.contextmanager
+def _established_without_gc(version: int) -> Iterator[tuple[RealNet, list[weakref.ref[Engine]]]]:
+    """One tunnel up between two managers, the garbage collector off (what is freed must go by
+    reference counting alone), and a weak reference to each side's engine."""
     require_engine(version)
     loop = asyncio.new_event_loop()
     gc.collect()
@@ -256,12 +254,25 @@ def test_a_dropped_negotiation_is_freed_without_the_garbage_collector(version: i
         loop.run_until_complete(go())
         engines = [weakref.ref(s.engine) for m in (net.a, net.b) for s in m.slots.values()]
         assert len(engines) == 2 and all(e() is not None for e in engines)
+        yield net, engines
+    finally:
+        gc.enable()
+        loop.close()
+
+
+@pytest.mark.parametrize("version", [1, 2], ids=["v1", "v2"])
+def test_a_dropped_negotiation_is_freed_without_the_garbage_collector(version: int) -> None:
+    """A busy responder forgets an engine per negotiation. Nothing may keep it in a reference cycle
+    (the manager's slot and tunnel entries, the engine's own deadline hook, a pending timer), or
+    each one, keys included, waits for the collector: in setup-rate that was 12-23 % of the
+    responder's CPU. With the collector off, dropping the slots must free both engines."""
+    with _established_without_gc(version) as (net, engines):
 
         def drop_and_forget(m: TunnelManager) -> None:  # a function: its loop variables go with it
             for slot in list(m.slots.values()):
                 m._drop_slot(slot, "test")  # as INITIAL_CONTACT from a restarted peer does
-            # Ended tunnels stay listed (and point at their slot) until MAX_DEAD_ENTRIES newer ones
-            # push them out; that is when the graveyard forgets them, as here.
+            # Ended tunnels stay listed until MAX_DEAD_ENTRIES newer ones push them out; that is
+            # when the graveyard forgets them, as here.
             for p2e in list(m.p2.values()):
                 m._forget_p2(p2e)
             for p1e in list(m.p1.values()):
@@ -269,11 +280,8 @@ def test_a_dropped_negotiation_is_freed_without_the_garbage_collector(version: i
 
         drop_and_forget(net.a)
         drop_and_forget(net.b)
-        loop.run_until_complete(asyncio.sleep(0))
+        net.loop.run_until_complete(asyncio.sleep(0))
         assert [e() for e in engines] == [None, None]
-    finally:
-        gc.enable()
-        loop.close()
 
 
 @pytest.mark.parametrize("version", [1, 2], ids=["v1", "v2"])
@@ -281,32 +289,12 @@ def test_an_ended_tunnel_stays_listed_without_its_engine_and_keys(version: int) 
     """`ike cmd=list` shows ended tunnels (up to MAX_DEAD_ENTRIES) from what their entries copied;
     their dropped slot must not keep the engine, which holds every key of the IKE SA and its
     children, for as long as they are listed."""
-    import gc
-    import weakref
-
-    require_engine(version)
-    loop = asyncio.new_event_loop()
-    gc.collect()
-    gc.disable()
-    try:
-        net = RealNet(loop, version)
-
-        async def go() -> None:
-            res = net.a.activate(net.pa.by_numbers([1], None), None)
-            await asyncio.wait_for(asyncio.gather(*net.a.waiters_for(res, None)), 10)
-            await asyncio.sleep(0.05)
-
-        loop.run_until_complete(go())
-        engines = [weakref.ref(s.engine) for m in (net.a, net.b) for s in m.slots.values()]
-        assert len(engines) == 2 and all(e() is not None for e in engines)
+    with _established_without_gc(version) as (net, engines):
         for m in (net.a, net.b):
             for slot in list(m.slots.values()):
                 m._drop_slot(slot, "peer restarted (INITIAL_CONTACT)")
-        loop.run_until_complete(asyncio.sleep(0))
+        net.loop.run_until_complete(asyncio.sleep(0))
         assert [e() for e in engines] == [None, None]
         (t,) = net.a.listing("1+", None, None)["tunnels"]
         assert t["state"] != "established" and t["remote"] == B
         assert t["phase2"] and all(c["state"] != "established" for c in t["phase2"])
-    finally:
-        gc.enable()
-        loop.close()
