@@ -13,6 +13,10 @@ import os
 import warnings
 from collections.abc import Callable
 
+# cryptography imports its OpenSSL backend object inside the first X25519, X448 or ECDH key it
+# generates: 3-6 ms of the first negotiation, on both sides of the first activation after iked
+# starts. Imported with this module, it comes in at daemon start, where the engines are preloaded.
+import cryptography.hazmat.backends.openssl.backend  # noqa: F401
 from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives import hmac as c_hmac
