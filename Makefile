@@ -3,7 +3,8 @@
 #   make test   installs everything, then runs every check: ruff, mypy, pytest
 # CI runs `bash .ci/run`, which is `CI=true make test`.
 
-PYTHON ?= python3
+# The checkout's own virtualenv, created by `make install` (scripts/install-deps.sh says from what).
+PYTHON ?= $(CURDIR)/.venv/bin/python
 PYTEST_ARGS ?=
 # Per-test limit (pytest-timeout, installed by make install); a hung test fails and its cleanup runs.
 TEST_TIMEOUT ?= 300
@@ -12,7 +13,7 @@ TIMEOUT_ARGS = $(shell $(PYTHON) -c "import pytest_timeout" 2>/dev/null && echo 
 .PHONY: help install lint pytest test demo bench clean-netns
 
 help:
-	@echo "make install      Debian packages (strongSwan, tcpdump, iperf3, ...) and pip install -e '.[test]'"
+	@echo "make install      Debian packages (strongSwan, tcpdump, iperf3, ...) and pip install -e '.[test]' into .venv"
 	@echo "make lint         ruff check, ruff format --check, mypy"
 	@echo "make pytest       the test suite only (PYTEST_ARGS=... to pass options)"
 	@echo "make test         install + lint + pytest (what CI runs, with CI=true)"

@@ -26,6 +26,7 @@ from common import (
     engine_available,
     find_process,
     iked_xml,
+    interpreter,
     load_gw_net,
     log,
     median,
@@ -142,6 +143,7 @@ def main() -> int:
     log(f"{NAME}: IKEv2 PSK AES-GCM-128 x25519, one child SA, {tries} tries each, median counts")
     log("  the two stacks run side by side in their own namespaces and take turns, so that the")
     log("  machine's slow and fast moments fall on both alike")
+    log(f"  {interpreter()}")
     ours: list[float] = []
     theirs: list[float] = []
     with contextlib.ExitStack() as stack:

@@ -96,6 +96,12 @@ def compile_bytecode() -> None:
     compileall.compile_dir(str(Path(ike.__file__).parent), quiet=1)
 
 
+def interpreter() -> str:
+    """Which Python runs iked and ike: its build decides much of each command's start-up time."""
+    base = os.path.realpath(getattr(sys, "_base_executable", sys.executable))
+    return f"Python {sys.version.split()[0]} from {base}"
+
+
 def prerequisites(*tools: str) -> str | None:
     """Why the namespace benchmarks cannot run here, or None."""
     import shutil

@@ -34,6 +34,7 @@ from common import (
     engine_available,
     find_process,
     iked_xml,
+    interpreter,
     log,
     not_measured,
     parser,
@@ -255,6 +256,7 @@ def main() -> int:
 
     compile_bytecode()  # the list and activate times include each command's start-up
     log(f"{NAME}: IKEv2, one IKE SA, {' and '.join(map(str, counts))} child SAs (iked: none data plane)")
+    log(f"  {interpreter()}")
     rows: list[tuple[int, Figures, Figures]] = []
     with tempfile.TemporaryDirectory(prefix="ike-bench-scale-") as tmp, two_hosts() as (a, b):
         log(f"  namespaces: {a.name} {b.name}")

@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
 # Installs what the tests and the demo need: Debian packages (strongSwan as the interop peer, ping,
-# tcpdump, iperf3, iproute2, strace for the XFRM message tests, unshare) and the project itself with
-# its test extras. Every program a test asks for with require_tools() must have its package here
-# (tests/netns/test_install_deps.py checks). Safe to run again: apt is only
-# touched when a package is missing, and no strongSwan service is left running in the root namespace.
+# tcpdump, iperf3, iproute2, strace for the XFRM message tests, unshare, python3-venv) and the project
+# itself with its test extras, by default into the checkout's .venv. Every program a test asks for with
+# require_tools() must have its package here (tests/netns/test_install_deps.py checks). Safe to run
+# again: apt is only touched when a package is missing, and no strongSwan service is left running in
+# the root namespace.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(strongswan-charon strongswan-swanctl libcharon-extra-plugins libstrongswan-extra-plugins
               libstrongswan-standard-plugins iperf3 iputils-ping tcpdump iproute2 procps nftables strace
-              util-linux)
-PYTHON="${PYTHON:-python3}"
+              util-linux python3-venv)
+VENV_PYTHON="$PWD/.venv/bin/python"
+PYTHON="${PYTHON:-$VENV_PYTHON}"
 
 log() { printf '== %s\n' "$*"; }
 
@@ -56,6 +58,28 @@ for pidfile in /run/starter.charon.pid /run/charon.pid; do
     fi
     kill -0 "$pid" 2>/dev/null || rm -f "$pidfile"
 done
+
+# By default the project lives in a virtualenv in this checkout (.venv): Debian's python3 refuses pip
+# installs into itself (PEP 668), and an editable install into a shared interpreter would repoint
+# `import ike` for everyone to this checkout. The venv is made from the distribution's python3 when it
+# is new enough: it is what a gateway runs, and Debian builds it with profile-guided optimisation into
+# a static binary, so each `ike` command starts faster than on a shared, unoptimised build such as
+# pyenv's default (docs/performance.md, item 15). BASE_PYTHON=... picks another.
+if [[ $PYTHON == "$VENV_PYTHON" && ! -x $VENV_PYTHON ]]; then
+    base=
+    for cand in ${BASE_PYTHON:-} /usr/bin/python3 python3; do
+        if command -v "$cand" >/dev/null && "$cand" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+            base=$(command -v "$cand")
+            break
+        fi
+    done
+    if [[ -z $base ]]; then
+        echo "no Python >= 3.11 found (tried ${BASE_PYTHON:-} /usr/bin/python3 python3); install one or set BASE_PYTHON=..." >&2
+        exit 1
+    fi
+    log "venv: creating .venv from $base ($("$base" --version))"
+    "$base" -m venv .venv
+fi
 
 "$PYTHON" - <<'PY'
 import sys
