@@ -90,7 +90,10 @@ import sys
 if sys.version_info < (3, 11):
     sys.exit(f"Python >= 3.11 needed, {sys.executable} is {sys.version.split()[0]} (set PYTHON=...)")
 PY
-log "pip: installing ike with test extras ($("$PYTHON" --version))"
+# Say which interpreter is behind it: a .venv made earlier from another one is kept as it is (item 15
+# of docs/performance.md says why remaking it from Debian's python3 can be worth it).
+log "pip: installing ike with test extras into $("$PYTHON" -c 'import os, sys
+print(sys.prefix, "(Python", sys.version.split()[0], "from", os.path.realpath(getattr(sys, "_base_executable", sys.executable)) + ")")')"
 export PIP_ROOT_USER_ACTION=ignore
 pip_install() {
     # Quiet unless it fails; the machine's pip config names local indexes that may not exist (noise).
