@@ -430,6 +430,17 @@ class TunnelManager:
             self.stats.packets_dropped += 1
             log.debug("dropped a message from %s: %s", ev.remote[0], ev.reason)
 
+    def _end_half_open(self, slot: Slot) -> None:
+        """The responder's negotiation completed or ended: it no longer answers retransmitted first
+        messages, and its timeout goes (a pending handle holds the slot, engine and keys with it)."""
+        if slot.half_open_key is not None:
+            if self.half_open.get(slot.half_open_key) is slot:
+                del self.half_open[slot.half_open_key]
+            slot.half_open_key = None
+        if slot.half_open_timer is not None:
+            slot.half_open_timer.cancel()
+            slot.half_open_timer = None
+
     def _half_open_expired(self, slot: Slot) -> None:
         slot.half_open_timer = None
         if slot.dead or slot.p1_by_sa:
@@ -533,11 +544,7 @@ class TunnelManager:
         for spi in slot.spis:
             if self.by_spi.get(spi) is slot:
                 del self.by_spi[spi]
-        if slot.half_open_key is not None and self.half_open.get(slot.half_open_key) is slot:
-            del self.half_open[slot.half_open_key]
-        if slot.half_open_timer is not None:
-            slot.half_open_timer.cancel()
-            slot.half_open_timer = None
+        self._end_half_open(slot)
         if self.slots.pop(slot.id, None) is not None:
             n = self._slots_by_peer.get(slot.remote[0], 0) - 1
             if n > 0:
@@ -654,12 +661,7 @@ class TunnelManager:
             known = self._p1_by_def_peer.get((ev.phase1.number, ev.remote[0]))
             if known is None or not known.live:
                 self._p1_by_def_peer[(ev.phase1.number, ev.remote[0])] = entry
-        if slot.half_open_key is not None:
-            self.half_open.pop(slot.half_open_key, None)
-            slot.half_open_key = None
-        if slot.half_open_timer is not None:
-            slot.half_open_timer.cancel()
-            slot.half_open_timer = None
+        self._end_half_open(slot)
         _resolve(entry.waiters)
         verb = "rekeyed" if ev.rekey_of is not None or renewed_from is not None else "established"
         log.info(
